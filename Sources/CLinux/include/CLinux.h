@@ -1,0 +1,50 @@
+#ifndef CLINUX_H
+#define CLINUX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/fanotify.h>
+#include <sys/inotify.h>
+#include <sys/eventfd.h>
+#include <sys/poll.h>
+#include <sys/vfs.h>
+#include <linux/stat.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <signal.h>
+
+// Constants that Swift cannot import (function-like macros, _GNU_SOURCE-only).
+extern const size_t clinux_fan_event_metadata_len;
+extern const int clinux_o_path;
+extern const int clinux_max_handle_sz;
+extern const int clinux_at_handle_fid;
+
+// fanotify (sys/fanotify.h is importable; these keep call sites uniform and EINTR-free of varargs).
+int clinux_fanotify_init(unsigned int flags, unsigned int event_f_flags);
+int clinux_fanotify_mark(int fd, unsigned int flags, uint64_t mask, int dirfd, const char *path);
+
+// File handles. A handle is carried as (type, bytes); these build struct file_handle in C.
+// Returns the handle's byte count in *out_len and its type in *out_type; mount id in *out_mount_id.
+int clinux_name_to_handle_at(int dirfd, const char *path, int flags,
+                             unsigned char *out_bytes, unsigned int capacity,
+                             unsigned int *out_len, int *out_type, int *out_mount_id);
+int clinux_open_by_handle_at(int mount_fd, const unsigned char *bytes, unsigned int len,
+                             int type, int flags);
+
+// statx, for the device, inode and type of a path without following symlinks.
+int clinux_statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *out);
+
+// I/O priority: IOPRIO_CLASS_IDLE for the calling thread.
+int clinux_set_idle_io_priority(void);
+
+// Capabilities (libcap): keep only the listed capability names ("cap_sys_admin,cap_dac_read_search").
+// Returns 0, or -1 with errno set. Effective = permitted = the list; inheritable cleared.
+int clinux_keep_only_capabilities(const char *caps_text);
+// 1 if the effective set of this process has the named capability, 0 if not, -1 on error.
+int clinux_has_capability(const char *cap_name);
+
+// posix_spawn helpers: make the child the leader of its own process group, and reset signals.
+int clinux_spawnattr_setup(posix_spawnattr_t *attr);
+
+#endif

@@ -1,0 +1,125 @@
+#define _GNU_SOURCE
+#include "CLinux.h"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/stat.h>
+#include <sys/capability.h>
+
+const size_t clinux_fan_event_metadata_len = FAN_EVENT_METADATA_LEN;
+const int clinux_o_path = O_PATH;
+const int clinux_max_handle_sz = MAX_HANDLE_SZ;
+#ifdef AT_HANDLE_FID
+const int clinux_at_handle_fid = AT_HANDLE_FID;
+#else
+const int clinux_at_handle_fid = 0x200;
+#endif
+
+int clinux_fanotify_init(unsigned int flags, unsigned int event_f_flags) {
+    return fanotify_init(flags, event_f_flags);
+}
+
+int clinux_fanotify_mark(int fd, unsigned int flags, uint64_t mask, int dirfd, const char *path) {
+    return fanotify_mark(fd, flags, mask, dirfd, path);
+}
+
+int clinux_name_to_handle_at(int dirfd, const char *path, int flags,
+                             unsigned char *out_bytes, unsigned int capacity,
+                             unsigned int *out_len, int *out_type, int *out_mount_id) {
+    struct file_handle *fh = malloc(sizeof(struct file_handle) + MAX_HANDLE_SZ);
+    if (!fh) { errno = ENOMEM; return -1; }
+    fh->handle_bytes = MAX_HANDLE_SZ;
+    int mount_id = 0;
+    int r = name_to_handle_at(dirfd, path, fh, &mount_id, flags);
+    if (r == 0) {
+        if (fh->handle_bytes > capacity) { free(fh); errno = EOVERFLOW; return -1; }
+        memcpy(out_bytes, fh->f_handle, fh->handle_bytes);
+        *out_len = fh->handle_bytes;
+        *out_type = fh->handle_type;
+        *out_mount_id = mount_id;
+    }
+    int saved = errno;
+    free(fh);
+    errno = saved;
+    return r;
+}
+
+int clinux_open_by_handle_at(int mount_fd, const unsigned char *bytes, unsigned int len,
+                             int type, int flags) {
+    if (len > MAX_HANDLE_SZ) { errno = EINVAL; return -1; }
+    struct file_handle *fh = malloc(sizeof(struct file_handle) + len);
+    if (!fh) { errno = ENOMEM; return -1; }
+    fh->handle_bytes = len;
+    fh->handle_type = type;
+    memcpy(fh->f_handle, bytes, len);
+    int r = open_by_handle_at(mount_fd, fh, flags);
+    int saved = errno;
+    free(fh);
+    errno = saved;
+    return r;
+}
+
+int clinux_statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *out) {
+    return statx(dirfd, path, flags, mask, out);
+}
+
+#define CLINUX_IOPRIO_CLASS_SHIFT 13
+#define CLINUX_IOPRIO_CLASS_IDLE 3
+#define CLINUX_IOPRIO_WHO_PROCESS 1
+
+int clinux_set_idle_io_priority(void) {
+    int prio = (CLINUX_IOPRIO_CLASS_IDLE << CLINUX_IOPRIO_CLASS_SHIFT);
+    return (int)syscall(SYS_ioprio_set, CLINUX_IOPRIO_WHO_PROCESS, 0, prio);
+}
+
+int clinux_keep_only_capabilities(const char *caps_text) {
+    cap_t caps = cap_init();
+    if (!caps) return -1;
+    char *copy = strdup(caps_text);
+    if (!copy) { cap_free(caps); errno = ENOMEM; return -1; }
+    cap_value_t values[64];
+    int n = 0;
+    for (char *tok = strtok(copy, ","); tok && n < 64; tok = strtok(NULL, ",")) {
+        cap_value_t v;
+        if (cap_from_name(tok, &v) != 0) { free(copy); cap_free(caps); errno = EINVAL; return -1; }
+        values[n++] = v;
+    }
+    free(copy);
+    int r = 0;
+    if (n > 0) {
+        r |= cap_set_flag(caps, CAP_PERMITTED, n, values, CAP_SET);
+        r |= cap_set_flag(caps, CAP_EFFECTIVE, n, values, CAP_SET);
+    }
+    if (r == 0) r = cap_set_proc(caps);
+    int saved = errno;
+    cap_free(caps);
+    errno = saved;
+    return r;
+}
+
+int clinux_has_capability(const char *cap_name) {
+    cap_value_t v;
+    if (cap_from_name(cap_name, &v) != 0) { errno = EINVAL; return -1; }
+    cap_t caps = cap_get_proc();
+    if (!caps) return -1;
+    cap_flag_value_t value = CAP_CLEAR;
+    int r = cap_get_flag(caps, v, CAP_EFFECTIVE, &value);
+    cap_free(caps);
+    if (r != 0) return -1;
+    return value == CAP_SET ? 1 : 0;
+}
+
+int clinux_spawnattr_setup(posix_spawnattr_t *attr) {
+    int r = posix_spawnattr_init(attr);
+    if (r) return r;
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    r |= posix_spawnattr_setsigmask(attr, &none);
+    r |= posix_spawnattr_setsigdefault(attr, &all);
+    r |= posix_spawnattr_setpgroup(attr, 0);
+    r |= posix_spawnattr_setflags(attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+    return r;
+}

@@ -1,0 +1,145 @@
+/// What one mirror is: a source directory, a target, and how changes travel between them.
+///
+/// The command line (`fansync run SRC DST ...`) and the Lua config (`sync { ... }`) both
+/// produce these; the daemon only ever sees this form.
+public struct MirrorConfig: Sendable, Equatable {
+    /// A name for logs, status and the state directory ("workspace", or "sync 2").
+    public var name: String
+    /// Absolute path of the source directory, as bytes (no trailing slash).
+    public var source: [UInt8]
+    public var target: Target
+    /// Seconds a change waits before it is sent (lsyncd's `delay`); 0 = group commit.
+    public var delay: Double = 0
+    /// Send at once when this many changes are queued, whatever `delay` says (0 = no limit).
+    public var maxDelays: Int = 0
+    /// Transfers run at once for this mirror.
+    public var maxProcesses: Int = 2
+    /// Run the initial full sync on start (lsyncd's `init`).
+    public var initialSync: Bool = true
+    public var delete: DeleteMode = .always
+    /// Global exclude patterns (gitignore syntax, applied as if at the source root, below
+    /// every rules file). lsyncd's `exclude` and the lines of `excludeFrom`.
+    public var excludes: [String] = []
+    /// rsync filter rules ("- pattern", "+ pattern") from lsyncd's `filter`/`filterFrom`.
+    public var filters: [String] = []
+    public var rsync = RsyncOptions()
+    public var ssh = SSHOptions()
+    public var backend: Backend = .auto
+    /// Seconds between syncs of a file that is written but not closed.
+    public var openFileInterval: Double = 2
+    /// Per-directory rules file name (gitignore syntax).
+    public var rulesFile: String = ".fansyncignore"
+    /// Also read `.gitignore` files.
+    public var useGitignore: Bool = false
+    /// Delete on the backup what a rules change newly excludes.
+    public var deleteExcluded: Bool = false
+
+    public init(name: String, source: [UInt8], target: Target) {
+        self.name = name
+        self.source = source
+        self.target = target
+    }
+}
+
+public enum Backend: String, Sendable, Equatable, CaseIterable {
+    case auto, fanotify, inotify
+}
+
+/// lsyncd's `delete`: true, false, 'startup' (only the initial sync deletes) or 'running'
+/// (only live changes delete).
+public enum DeleteMode: String, Sendable, Equatable {
+    case always, never, startup, running
+
+    public var onStartup: Bool { self == .always || self == .startup }
+    public var whileRunning: Bool { self == .always || self == .running }
+}
+
+/// Where the backup lives.
+public enum Target: Sendable, Equatable, CustomStringConvertible {
+    /// A directory on this machine (absolute path bytes).
+    case local(path: [UInt8])
+    /// A directory on another host, reached with the system's ssh.
+    case ssh(SSHTarget)
+
+    public var description: String {
+        switch self {
+        case .local(let path): return SyncPath.displayString(path)
+        case .ssh(let t): return t.description
+        }
+    }
+}
+
+public struct SSHTarget: Sendable, Equatable, CustomStringConvertible {
+    public var user: String?
+    public var host: String
+    public var port: Int?
+    /// The directory on the host; relative paths are relative to the login directory.
+    public var directory: [UInt8]
+
+    public init(user: String?, host: String, port: Int?, directory: [UInt8]) {
+        self.user = user
+        self.host = host
+        self.port = port
+        self.directory = directory
+    }
+
+    /// `user@host` or `host`, as ssh takes it.
+    public var destination: String { user.map { "\($0)@\(host)" } ?? host }
+
+    public var description: String {
+        let dir = SyncPath.displayString(directory)
+        if let port { return "ssh://\(destination):\(port)/\(dir)" }
+        return "\(destination):\(dir)"
+    }
+}
+
+/// rsync options with lsyncd's names (`rsync = { ... }`).
+public struct RsyncOptions: Sendable, Equatable {
+    public var binary: String = "rsync"
+    public var archive: Bool = true
+    public var compress: Bool = false
+    public var verbose: Bool = false
+    /// KiB per second, as rsync's `--bwlimit`.
+    public var bwlimit: Int? = nil
+    // Individual flags (meaningful when `archive` is false, or to add -H, -A, -X, ...).
+    public var perms: Bool = false
+    public var owner: Bool = false
+    public var group: Bool = false
+    public var times: Bool = false
+    public var links: Bool = false
+    public var hardLinks: Bool = false
+    public var acls: Bool = false
+    public var xattrs: Bool = false
+    public var checksum: Bool = false
+    public var sparse: Bool = false
+    public var wholeFile: Bool = false
+    public var inplace: Bool = false
+    /// Extra arguments appended verbatim (lsyncd's `_extra`).
+    public var extra: [String] = []
+
+    public init() {}
+}
+
+/// ssh options with lsyncd's names (`ssh = { ... }`) plus `--ssh-option`.
+public struct SSHOptions: Sendable, Equatable {
+    public var binary: String = "ssh"
+    public var port: Int? = nil
+    public var identityFile: String? = nil
+    /// Values for `-o` (`"StrictHostKeyChecking=yes"`).
+    public var options: [String] = []
+    /// Extra arguments appended verbatim.
+    public var extra: [String] = []
+
+    public init() {}
+}
+
+/// Settings that belong to the daemon rather than to one mirror (lsyncd's `settings {}`).
+public struct DaemonSettings: Sendable, Equatable {
+    public var logFile: String? = nil
+    public var statusFile: String? = nil
+    public var statusInterval: Double = 1
+    public var pidFile: String? = nil
+    public var verbose: Bool = false
+
+    public init() {}
+}
