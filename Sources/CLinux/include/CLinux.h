@@ -46,5 +46,7 @@ int clinux_has_capability(const char *cap_name);
 
 // posix_spawn helpers: make the child the leader of its own process group, and reset signals.
 int clinux_spawnattr_setup(posix_spawnattr_t *attr);
+// pipe2(fds, O_CLOEXEC).
+int clinux_pipe_cloexec(int fds[2]);
 
 #endif

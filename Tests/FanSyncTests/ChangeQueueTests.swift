@@ -1,0 +1,252 @@
+import XCTest
+@testable import FanSync
+
+final class ChangeQueueTests: XCTestCase {
+    typealias Job = ChangeQueue.Job
+    let a = SyncPath("a"), b = SyncPath("b"), c = SyncPath("c")
+
+    func created(_ p: SyncPath, dir: Bool = false, closed: Bool = true) -> WatchEvent {
+        .changed(p, isDirectory: dir, created: true, closed: closed)
+    }
+    func written(_ p: SyncPath, closed: Bool = true) -> WatchEvent {
+        .changed(p, isDirectory: false, created: false, closed: closed)
+    }
+    func removed(_ p: SyncPath, dir: Bool = false) -> WatchEvent { .removed(p, isDirectory: dir) }
+    func renamed(_ f: SyncPath, _ t: SyncPath, dir: Bool = false) -> WatchEvent { .renamed(from: f, to: t, isDirectory: dir) }
+
+    /// Runs the queue to completion with one worker, returning the jobs in order.
+    func drain(_ q: inout ChangeQueue, now: Double = 100) -> [Job] {
+        var jobs: [Job] = []
+        while true {
+            let tickets = q.next(now: now, idle: 1)
+            if tickets.isEmpty { break }
+            for t in tickets {
+                jobs.append(t.job)
+                q.succeeded(t)
+            }
+        }
+        XCTAssertTrue(q.isIdle)
+        return jobs
+    }
+
+    func syncs(_ paths: SyncPath...) -> Job { .sync(paths) }
+
+    func testCreateWriteCloseIsOneChange() {
+        var q = ChangeQueue()
+        q.add([created(a, closed: false), written(a, closed: false), written(a)], now: 0)
+        XCTAssertEqual(drain(&q), [syncs(a)])
+    }
+
+    func testCreateThenDeleteIsNothing() {
+        var q = ChangeQueue()
+        q.add([created(a, closed: false), written(a), removed(a)], now: 0)
+        XCTAssertEqual(drain(&q), [])
+    }
+
+    func testDeleteOfExistingFileIsSent() {
+        var q = ChangeQueue()
+        q.add([written(a), removed(a)], now: 0)
+        XCTAssertEqual(drain(&q), [syncs(a)])
+        q.add([removed(b)], now: 0)
+        XCTAssertEqual(drain(&q), [syncs(b)])
+    }
+
+    func testDeleteThenCreateIsOneSync() {
+        var q = ChangeQueue()
+        q.add([removed(a), created(a)], now: 0)
+        XCTAssertEqual(drain(&q), [syncs(a)])
+        // delete, create, delete: the backup still holds the old file, so it is deleted.
+        q.add([removed(a), created(a), removed(a)], now: 0)
+        XCTAssertEqual(drain(&q), [syncs(a)])
+    }
+
+    func testCreateWhileBeingSentIsNotCancelledByDelete() {
+        var q = ChangeQueue()
+        q.add([created(a)], now: 0)
+        let t = q.next(now: 1, idle: 1)
+        XCTAssertEqual(t.map(\.job), [syncs(a)])
+        q.add([removed(a), created(a), removed(a)], now: 1)   // the in-flight send may create it
+        q.succeeded(t[0])
+        XCTAssertEqual(drain(&q), [syncs(a)])
+    }
+
+    func testRenameOfNewFileIsCreateOfNewName() {
+        var q = ChangeQueue()
+        q.add([created(a, closed: false), written(a), renamed(a, b)], now: 0)
+        XCTAssertEqual(drain(&q), [syncs(b)])
+    }
+
+    func testEditorSaveIsOneSyncOfTheTarget() {
+        var q = ChangeQueue()
+        let tmp = SyncPath(".a.swp")
+        q.add([created(tmp, closed: false), written(tmp), renamed(tmp, a)], now: 0)
+        XCTAssertEqual(drain(&q), [syncs(a)])
+    }
+
+    func testRenameOfExistingFileIsRenamedOnBackup() {
+        var q = ChangeQueue()
+        q.add([renamed(a, b)], now: 0)
+        XCTAssertEqual(drain(&q), [.rename(from: a, to: b, isDirectory: false)])
+    }
+
+    func testRenameChainsCollapse() {
+        var q = ChangeQueue()
+        q.add([renamed(a, b), renamed(b, c)], now: 0)
+        XCTAssertEqual(drain(&q), [.rename(from: a, to: c, isDirectory: false)])
+        q.add([renamed(a, b), renamed(b, a)], now: 0)
+        XCTAssertEqual(drain(&q), [])
+    }
+
+    func testWriteThenRenameSendsRenameThenNewName() {
+        var q = ChangeQueue()
+        q.add([written(a), renamed(a, b)], now: 0)
+        XCTAssertEqual(drain(&q), [.rename(from: a, to: b, isDirectory: false), syncs(b)])
+    }
+
+    func testRenameThenWriteOfNewName() {
+        var q = ChangeQueue()
+        q.add([renamed(a, b), written(b)], now: 0)
+        XCTAssertEqual(drain(&q), [.rename(from: a, to: b, isDirectory: false), syncs(b)])
+    }
+
+    func testRenameThenDeleteOfNewName() {
+        var q = ChangeQueue()
+        q.add([renamed(a, b), removed(b)], now: 0)
+        XCTAssertEqual(drain(&q), [.rename(from: a, to: b, isDirectory: false), syncs(b)])
+    }
+
+    func testDirectoryRenameMovesPendingChildren() {
+        var q = ChangeQueue()
+        let ax = SyncPath("a/x"), by = SyncPath("b/y")
+        q.add([written(ax), written(by), renamed(a, b, dir: true)], now: 0)
+        let jobs = drain(&q)
+        XCTAssertEqual(jobs.first, .rename(from: a, to: b, isDirectory: true))
+        XCTAssertEqual(jobs.count, 2)
+        if case .sync(let paths) = jobs[1] { XCTAssertEqual(Set(paths), [SyncPath("b/x"), by]) } else { XCTFail() }
+    }
+
+    func testSyncsBeforeBarrierGoFirstAndLaterOnesWait() {
+        var q = ChangeQueue()
+        q.add([written(c)], now: 0)
+        q.add([renamed(a, b)], now: 0)
+        q.add([written(SyncPath("d"))], now: 0)
+        XCTAssertEqual(drain(&q), [syncs(c), .rename(from: a, to: b, isDirectory: false), syncs(SyncPath("d"))])
+    }
+
+    func testTreeBlocksEventsUntilDoneAndCoversCreates() {
+        var q = ChangeQueue()
+        q.addTree(.root, initial: true, now: 0)
+        let t = q.next(now: 0, idle: 2)
+        XCTAssertEqual(t.map(\.job), [.tree(.root, initial: true)])
+        // Arrives during the initial sync: queued, and a create+delete is not cancelled
+        // because the tree sync may have sent the file.
+        q.add([created(a), removed(a)], now: 1)
+        XCTAssertEqual(q.next(now: 1, idle: 2), [])
+        q.succeeded(t[0])
+        XCTAssertEqual(drain(&q), [syncs(a)])
+    }
+
+    func testTreesMerge() {
+        var q = ChangeQueue()
+        q.addTree(SyncPath("a/b"), initial: false, now: 0)
+        q.addTree(a, initial: false, now: 0)
+        q.addTree(SyncPath("a/c"), initial: false, now: 0)
+        XCTAssertEqual(drain(&q), [.tree(a, initial: false)])
+    }
+
+    func testFailedBatchIsRetriedAfterBackoff() {
+        var q = ChangeQueue()
+        q.add([written(a)], now: 0)
+        let t = q.next(now: 0, idle: 1)
+        q.failed(t[0], retryAt: 10)
+        XCTAssertEqual(q.queuedCount, 1)
+        XCTAssertEqual(q.next(now: 5, idle: 1), [])
+        XCTAssertEqual(q.nextWakeup(now: 5), 10)
+        XCTAssertEqual(q.next(now: 10, idle: 1).map(\.job), [syncs(a)])
+        XCTAssertEqual(q.oldestUnsynced, 0)
+    }
+
+    func testFailedBarrierStaysFirst() {
+        var q = ChangeQueue()
+        q.add([renamed(a, b), written(c)], now: 0)
+        let t = q.next(now: 0, idle: 1)
+        XCTAssertEqual(t.map(\.job), [.rename(from: a, to: b, isDirectory: false)])
+        q.failed(t[0], retryAt: 5)
+        XCTAssertEqual(q.next(now: 1, idle: 1), [])
+        XCTAssertEqual(drain(&q, now: 5), [.rename(from: a, to: b, isDirectory: false), syncs(c)])
+    }
+
+    func testOpenFileWaitsForIntervalUnlessClosed() {
+        var p = ChangeQueue.Policy()
+        p.openFileInterval = 2
+        var q = ChangeQueue(policy: p)
+        q.add([written(a, closed: false)], now: 0)
+        XCTAssertEqual(q.next(now: 1, idle: 1), [])
+        XCTAssertEqual(q.next(now: 2, idle: 1).map(\.job), [syncs(a)])
+        q.add([written(b, closed: false), written(b)], now: 3)
+        XCTAssertEqual(q.next(now: 3, idle: 1).map(\.job), [syncs(b)])
+    }
+
+    func testDelayAndMaxDelays() {
+        var p = ChangeQueue.Policy()
+        p.delay = 1
+        p.maxDelays = 3
+        var q = ChangeQueue(policy: p)
+        q.add([written(a), written(b)], now: 0)
+        XCTAssertEqual(q.next(now: 0.5, idle: 1), [])
+        XCTAssertEqual(q.nextWakeup(now: 0.5), 1)
+        q.add([written(c)], now: 0.6)
+        let t = q.next(now: 0.6, idle: 1)   // three queued: go at once
+        XCTAssertEqual(t.count, 1)
+        if case .sync(let paths) = t[0].job { XCTAssertEqual(paths.count, 3) } else { XCTFail() }
+    }
+
+    func testGroupCommitAndSplitAcrossWorkers() {
+        var q = ChangeQueue()
+        q.add([written(a)], now: 0)
+        let first = q.next(now: 0, idle: 2)
+        XCTAssertEqual(first.map(\.job), [syncs(a)])
+        let burst = (0..<1000).map { written(SyncPath("f\($0)")) }
+        q.add(burst, now: 0)
+        let next = q.next(now: 0, idle: 1)
+        XCTAssertEqual(next.count, 1)
+        if case .sync(let paths) = next[0].job { XCTAssertEqual(paths.count, 1000) } else { XCTFail() }
+        q.succeeded(first[0]); q.succeeded(next[0])
+        q.add(burst, now: 0)
+        let split = q.next(now: 0, idle: 2)
+        XCTAssertEqual(split.count, 2)
+    }
+
+    func testSamePathIsNeverInTwoBatches() {
+        var q = ChangeQueue()
+        q.add([written(a)], now: 0)
+        let t = q.next(now: 0, idle: 2)
+        q.add([written(a)], now: 0)
+        XCTAssertEqual(q.next(now: 0, idle: 1), [])
+        q.succeeded(t[0])
+        XCTAssertEqual(q.next(now: 0, idle: 1).map(\.job), [syncs(a)])
+    }
+
+    func testRenamesAsCopiesWhenDeletesAreOff() {
+        var p = ChangeQueue.Policy()
+        p.renamesOnBackup = false
+        var q = ChangeQueue(policy: p)
+        q.add([renamed(a, b), renamed(c, SyncPath("d"), dir: true)], now: 0)
+        XCTAssertEqual(drain(&q), [syncs(b), .tree(SyncPath("d"), initial: false)])
+    }
+
+    /// Every pair of operations on one path ends in a state the queue reports correctly:
+    /// either nothing (when the path never reached the backup) or one sync of it.
+    func testEveryPairOnOnePath() {
+        let ops: [(String, WatchEvent)] = [("create", created(a)), ("write", written(a)), ("delete", removed(a))]
+        for (n1, e1) in ops {
+            for (n2, e2) in ops {
+                var q = ChangeQueue()
+                q.add([e1, e2], now: 0)
+                let jobs = drain(&q)
+                let expectNothing = n1 == "create" && n2 == "delete"
+                XCTAssertEqual(jobs, expectNothing ? [] : [syncs(a)], "\(n1) then \(n2)")
+            }
+        }
+    }
+}
