@@ -439,6 +439,80 @@ final class InotifyWatcherTests: XCTestCase {
         holder.withLock { $0 = nil }
     }
 
+    func testManyDirectoriesRenamedAndRemoved() throws {
+        // 30 x 30 directories: a rename of the top rebases all 931 watches.
+        mkdirAt(abs("big"))
+        for i in 0..<30 {
+            mkdirAt(abs("big/d\(i)"))
+            for j in 0..<30 { mkdirAt(abs("big/d\(i)/e\(j)")) }
+        }
+        let (watcher, log) = try startWatcher()
+        XCTAssertEqual(watcher.watchedDescription.first?.hasPrefix("inotify: 932 directories"), true,
+                       "\(watcher.watchedDescription)")
+        renameAt(abs("big"), abs("moved"))
+        waitFor(log, .renamed(from: SyncPath("big"), to: SyncPath("moved"), isDirectory: true))
+        writeFile(abs("moved/d29/e29/f"))
+        waitFor(log, .changed(SyncPath("moved/d29/e29/f"), isDirectory: false, created: false, closed: true))
+        XCTAssertEqual(watcher.watchedDescription.first?.hasPrefix("inotify: 932 directories"), true)
+        Self.removeTree(abs("moved"))
+        waitFor(log, .removed(SyncPath("moved"), isDirectory: true))
+        waitFor(log, "watches of the removed tree dropped") { _ in
+            watcher.watchedDescription.first?.hasPrefix("inotify: 1 directory") == true
+        }
+    }
+
+    /// The watch limit is lowered in a child user namespace (user.max_inotify_watches), never
+    /// on the machine: this test re-runs itself under `unshare -U -r`.
+    func testWatchLimitIsLoggedAndWatchingGoesOn() throws {
+        let childMarker = "FANSYNC_INOTIFY_LIMIT_CHILD"
+        if getenv(childMarker) != nil {
+            try watchLimitChild()
+            return
+        }
+        guard Self.spawnAndWait(["unshare", "-U", "-r", "/bin/true"], extraEnv: []) == 0 else {
+            throw XCTSkip("unshare -U -r is not permitted here: cannot lower the watch limit safely")
+        }
+        let binary = CommandLine.arguments[0]
+        let status = Self.spawnAndWait(
+            ["unshare", "-U", "-r", binary, "FanSyncTests.InotifyWatcherTests/testWatchLimitIsLoggedAndWatchingGoesOn"],
+            extraEnv: ["\(childMarker)=1"])
+        XCTAssertEqual(status, 0, "the test in the child user namespace failed (its output is above)")
+    }
+
+    private func watchLimitChild() throws {
+        let fd = open("/proc/sys/user/max_inotify_watches", O_WRONLY | O_CLOEXEC)
+        XCTAssertGreaterThanOrEqual(fd, 0, "open /proc/sys/user/max_inotify_watches: errno \(errno)")
+        XCTAssertEqual(write(fd, "3\n", 2), 2)
+        close(fd)
+        for d in ["d1", "d2", "d3", "d4", "d5"] { mkdirAt(abs(d)) }
+        let (watcher, log) = try startWatcher()
+        let lines = log.lines.withLock { $0 }
+        XCTAssertEqual(lines.count, 1, "one message, not one per directory: \(lines)")
+        XCTAssertTrue(lines.first?.contains("fs.inotify.max_user_watches is") == true, "\(lines)")
+        XCTAssertTrue(lines.first?.contains("user.max_inotify_watches is 3") == true, "\(lines)")
+        XCTAssertEqual(watcher.watchedDescription,
+                       ["inotify: 3 directories under \(SyncPath.displayString(root)) (3 not watched: fs.inotify.max_user_watches reached)"])
+        // What is watched still works.
+        writeFile(abs("top"))
+        waitFor(log, .changed(SyncPath("top"), isDirectory: false, created: false, closed: true))
+    }
+
+    private static func spawnAndWait(_ argv: [String], extraEnv: [String]) -> Int32 {
+        var env: [String] = []
+        var p = environ
+        while let entry = p.pointee { env.append(String(cString: entry)); p += 1 }
+        env += extraEnv
+        let cArgs = argv.map { strdup($0) } + [nil]
+        let cEnv = env.map { strdup($0) } + [nil]
+        defer { (cArgs + cEnv).forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawnp(&pid, argv[0], nil, nil, cArgs, cEnv)
+        guard rc == 0 else { return -1 }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+
     func testUnwatchableRootIsAnError() {
         let missing = root + Array("/does-not-exist".utf8)
         let watcher = InotifyWatcher(sourceRoot: missing, filter: { _, _ in true }, log: { _ in })
@@ -450,5 +524,35 @@ final class InotifyWatcherTests: XCTestCase {
             XCTAssertTrue(path.hasSuffix("/does-not-exist"))
             XCTAssertTrue("\(error)".contains("cannot watch the source directory"), "\(error)")
         }
+    }
+}
+
+final class InotifyWatchTableTests: XCTestCase {
+    func testSubtreeFollowsTheIndexThroughUnwatchedDirectories() {
+        var table = InotifyWatchTable()
+        table.set(.root, wd: 1)
+        table.set(SyncPath("a"), wd: 2)
+        table.set(SyncPath("a/b"), wd: 3)
+        table.set(SyncPath("a/b/c"), wd: 4)
+        table.set(SyncPath("ab"), wd: 5)
+        XCTAssertEqual(Set(table.subtree(of: SyncPath("a")).map(\.wd)), [2, 3, 4], "a sibling with a common prefix is not inside")
+        // Dropping a middle directory alone keeps what is under it reachable.
+        XCTAssertEqual(table.remove(wd: 3), SyncPath("a/b"))
+        XCTAssertEqual(Set(table.subtree(of: SyncPath("a")).map(\.wd)), [2, 4])
+        XCTAssertEqual(table.count, 4)
+        XCTAssertEqual(Set(table.subtree(of: .root).map(\.wd)), [1, 2, 4, 5])
+    }
+
+    func testSetReplacesStaleEntriesBothWays() {
+        var table = InotifyWatchTable()
+        table.set(SyncPath("old"), wd: 7)
+        table.set(SyncPath("new"), wd: 7)          // the same directory under a new name
+        XCTAssertNil(table.wd(for: SyncPath("old")))
+        XCTAssertEqual(table.path(for: 7), SyncPath("new"))
+        table.set(SyncPath("new"), wd: 8)          // another directory took the name
+        XCTAssertNil(table.path(for: 7))
+        XCTAssertEqual(table.wd(for: SyncPath("new")), 8)
+        XCTAssertEqual(table.count, 1)
+        XCTAssertTrue(table.subtree(of: SyncPath("old")).isEmpty)
     }
 }

@@ -51,8 +51,7 @@ final class InotifyReader {
     let shared: InotifyShared
     let deliver: @Sendable ([WatchEvent]) -> Void
 
-    private var wdToPath: [Int32: SyncPath] = [:]
-    private var pathToWd: [SyncPath: Int32] = [:]
+    private var table = InotifyWatchTable()
 
     /// Events read but not yet translated (held while a MOVED_FROM waits for its pair).
     private var queue: [InotifyRawEvent] = []
@@ -129,17 +128,10 @@ final class InotifyReader {
             }
             return e
         }
-        if let old = wdToPath[wd], old != dir {
-            // The same directory under a new name (a rename we did not see in order).
-            if pathToWd[old] == wd { pathToWd[old] = nil }
-        }
-        if let previous = pathToWd[dir], previous != wd {
-            // Another directory was watched under this name and is gone or moved.
-            wdToPath[previous] = nil
-        }
-        wdToPath[wd] = dir
-        pathToWd[dir] = wd
-        shared.watched.store(wdToPath.count, ordering: .relaxed)
+        // The same directory seen under a new name, or a new directory under an old name:
+        // the table keeps the latest.
+        table.set(dir, wd: wd)
+        publishCount()
         return 0
     }
 
@@ -149,7 +141,12 @@ final class InotifyReader {
         let now = monotonicNanos()
         if limitLoggedCount == 0 || now - limitLastLogged >= 60_000_000_000 {
             let limit = InotifyWatcher.readProcValue("/proc/sys/fs/inotify/max_user_watches") ?? "unknown"
-            log("inotify: watch limit reached: fs.inotify.max_user_watches is \(limit) and \(wdToPath.count) directories are watched; "
+            var nsNote = ""
+            if let nsLimit = InotifyWatcher.readProcValue("/proc/sys/user/max_inotify_watches"),
+               let a = Int(nsLimit), let b = Int(limit), a < b {
+                nsNote = " (and user.max_inotify_watches is \(nsLimit) in this user namespace)"
+            }
+            log("inotify: watch limit reached: fs.inotify.max_user_watches is \(limit)\(nsNote) and \(table.count) directories are watched; "
                 + "\(display(dir)) and \(limitHits - 1) other director\(limitHits == 2 ? "y" : "ies") are not watched, so changes there are missed. "
                 + "Raise the limit (sysctl -w fs.inotify.max_user_watches=N) or use the fanotify backend.")
             limitLastLogged = now
@@ -157,33 +154,33 @@ final class InotifyReader {
         }
     }
 
+    private func publishCount() {
+        shared.watched.store(table.count, ordering: .relaxed)
+    }
+
     /// Removes the watches on `dir` and every directory under it.
     private func removeWatches(under dir: SyncPath) {
-        let doomed = pathToWd.filter { $0.key.isInside(dir) }
-        for (path, wd) in doomed {
+        for (path, wd) in table.subtree(of: dir) {
             inotify_rm_watch(inotifyFd, wd)
-            pathToWd[path] = nil
-            wdToPath[wd] = nil
+            table.remove(path: path)
         }
-        shared.watched.store(wdToPath.count, ordering: .relaxed)
+        publishCount()
     }
 
     /// Moves every watched path under `from` to the same place under `to`.
     private func rebaseWatches(from: SyncPath, to: SyncPath) {
-        let moving = pathToWd.filter { $0.key.isInside(from) }
-        for (path, _) in moving { pathToWd[path] = nil }
+        let moving = table.subtree(of: from)
+        for (path, _) in moving { table.remove(path: path) }
         for (path, wd) in moving {
             guard let newPath = path.rebased(from: from, to: to) else { continue }
-            if let displaced = pathToWd[newPath], displaced != wd { wdToPath[displaced] = nil }
-            pathToWd[newPath] = wd
-            wdToPath[wd] = newPath
+            table.set(newPath, wd: wd)
         }
-        // Directories under the new name that the filter now excludes lose their watch.
-        let nowExcluded = pathToWd.keys.filter { $0.isInside(to) && $0 != to && !filter($0, true) }
-        for path in nowExcluded where pathToWd[path] != nil {
-            removeWatches(under: path)
+        // Directories under the new name that the filter now excludes lose their watch
+        // (parents come first, so an excluded parent takes its subtree with it).
+        for (path, _) in table.subtree(of: to) where path != to && !filter(path, true) {
+            if table.wd(for: path) != nil { removeWatches(under: path) }
         }
-        shared.watched.store(wdToPath.count, ordering: .relaxed)
+        publishCount()
     }
 
     /// Watches `start` and every directory below it that the filter admits, without
@@ -200,7 +197,7 @@ final class InotifyReader {
             let e = addWatch(dir)
             if dir == start { startErrno = e }
             if e != 0 { continue }
-            if walkSeen != nil, let wd = pathToWd[dir] { walkSeen!.insert(wd) }
+            if walkSeen != nil, let wd = table.wd(for: dir) { walkSeen!.insert(wd) }
 
             let fd = withCPath(dir) { open($0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             if fd < 0 {
@@ -258,13 +255,12 @@ final class InotifyReader {
         watchTree(.root)
         let seen = walkSeen ?? []
         walkSeen = nil
-        let stale = wdToPath.keys.filter { !seen.contains($0) }
+        let stale = table.pathByWd.keys.filter { !seen.contains($0) }
         for wd in stale {
             inotify_rm_watch(inotifyFd, wd)
-            if let path = wdToPath[wd], pathToWd[path] == wd { pathToWd[path] = nil }
-            wdToPath[wd] = nil
+            table.remove(wd: wd)
         }
-        shared.watched.store(wdToPath.count, ordering: .relaxed)
+        publishCount()
     }
 
     // MARK: - Thread
@@ -383,7 +379,7 @@ final class InotifyReader {
     }
 
     private func path(of event: InotifyRawEvent) -> SyncPath? {
-        guard let dir = wdToPath[event.wd] else { return nil }
+        guard let dir = table.path(for: event.wd) else { return nil }
         return event.name.isEmpty ? dir : dir.appending(event.name)
     }
 
@@ -396,23 +392,17 @@ final class InotifyReader {
             return
         }
         if mask & InotifyMask.ignored != 0 {
-            if let dir = wdToPath[event.wd] {
-                wdToPath[event.wd] = nil
-                if pathToWd[dir] == event.wd { pathToWd[dir] = nil }
-                shared.watched.store(wdToPath.count, ordering: .relaxed)
-            }
+            if table.remove(wd: event.wd) != nil { publishCount() }
             return
         }
         if mask & InotifyMask.unmount != 0 {
-            guard let dir = wdToPath[event.wd] else { return }
+            guard let dir = table.remove(wd: event.wd) else { return }
             log("inotify: the filesystem under \(display(dir)) was unmounted; rescanning it")
-            wdToPath[event.wd] = nil
-            if pathToWd[dir] == event.wd { pathToWd[dir] = nil }
             watchTree(dir)
             output.append(.rescan(dir))
             return
         }
-        guard let dir = wdToPath[event.wd] else { return } // a watch we already dropped
+        guard let dir = table.path(for: event.wd) else { return } // a watch we already dropped
         let isDirectory = mask & InotifyMask.isDir != 0
 
         if event.name.isEmpty {
@@ -485,7 +475,7 @@ final class InotifyReader {
             if isDirectory {
                 rebaseWatches(from: f, to: t)
                 output.append(.renamed(from: f, to: t, isDirectory: true))
-                if pathToWd[t] == nil {
+                if table.wd(for: t) == nil {
                     // Its watch never existed (renamed before we could place it): watch and scan.
                     watchTree(t)
                     output.append(.rescan(t))
