@@ -343,6 +343,30 @@ final class InotifyWatcherTests: XCTestCase {
         waitFor(log, .changed(SyncPath("back/again"), isDirectory: false, created: false, closed: true))
     }
 
+    func testRewatchAfterTheFilterChanged() throws {
+        mkdirAt(abs("build"))
+        mkdirAt(abs("build/sub"))
+        let excluding = Mutex<Bool>(true)
+        let (watcher, log) = try startWatcher(filter: { path, _ in
+            !(excluding.withLock { $0 } && path.components.first?.elementsEqual("build".utf8) == true)
+        })
+        XCTAssertEqual(watcher.watchedDescription.first?.hasPrefix("inotify: 1 directory"), true)
+        // A rules file now includes build/: it gets watched and rescanned.
+        excluding.withLock { $0 = false }
+        watcher.rewatch(.root)
+        waitFor(log, .rescan(.root))
+        XCTAssertEqual(watcher.watchedDescription.first?.hasPrefix("inotify: 3 directories"), true,
+                       "\(watcher.watchedDescription)")
+        writeFile(abs("build/sub/out.o"))
+        waitFor(log, .changed(SyncPath("build/sub/out.o"), isDirectory: false, created: false, closed: true))
+        // And excluded again: its watches go.
+        excluding.withLock { $0 = true }
+        watcher.rewatch(SyncPath("build"))
+        waitFor(log, "the watches of build/ dropped") { _ in
+            watcher.watchedDescription.first?.hasPrefix("inotify: 1 directory") == true
+        }
+    }
+
     func testHostileNamesComeThroughAsBytes() throws {
         let names: [[UInt8]] = [
             Array("with space".utf8),

@@ -263,6 +263,21 @@ final class InotifyReader {
         publishCount()
     }
 
+    /// Brings the watches under `dir` in line with the filter as it answers now (a rules file
+    /// changed): watches what it admits, drops what it excludes, and asks for a rescan.
+    private func rewatch(_ dir: SyncPath) {
+        if !dir.isRoot && !filter(dir, true) {
+            removeWatches(under: dir)
+            return
+        }
+        for (path, _) in table.subtree(of: dir) where path != dir && !filter(path, true) {
+            if table.wd(for: path) != nil { removeWatches(under: path) }
+        }
+        watchTree(dir)
+        publishCount()
+        emit(.rescan(dir))
+    }
+
     // MARK: - Thread
 
     func run() {
@@ -288,7 +303,12 @@ final class InotifyReader {
                 log("inotify: poll failed: \(InotifyWatcher.errnoText(errno)); the watcher stops")
                 return
             }
-            if fds[1].revents != 0 { return }
+            if fds[1].revents != 0 {
+                var counter: UInt64 = 0
+                _ = read(wakeFd, &counter, MemoryLayout<UInt64>.size)
+                if shared.stopRequested.load(ordering: .sequentiallyConsistent) { return }
+                for request in shared.takeRewatchRequests() { rewatch(request) }
+            }
             if fds[0].revents & Int16(POLLIN) != 0 {
                 if !readAvailable(buffer) { return }
             } else if fds[0].revents != 0 {
@@ -378,6 +398,12 @@ final class InotifyReader {
         head = 0
     }
 
+    /// Adds an event to the batch; an exact repeat of the previous one adds nothing.
+    private func emit(_ event: WatchEvent) {
+        if output.last == event { return }
+        output.append(event)
+    }
+
     private func path(of event: InotifyRawEvent) -> SyncPath? {
         guard let dir = table.path(for: event.wd) else { return nil }
         return event.name.isEmpty ? dir : dir.appending(event.name)
@@ -388,7 +414,7 @@ final class InotifyReader {
         if mask & InotifyMask.overflow != 0 {
             log("inotify: event queue overflowed (fs.inotify.max_queued_events is \(InotifyWatcher.readProcValue("/proc/sys/fs/inotify/max_queued_events") ?? "unknown")); rescanning the whole source")
             rewatchEverything()
-            output.append(.rescan(.root))
+            emit(.rescan(.root))
             return
         }
         if mask & InotifyMask.ignored != 0 {
@@ -399,7 +425,7 @@ final class InotifyReader {
             guard let dir = table.remove(wd: event.wd) else { return }
             log("inotify: the filesystem under \(display(dir)) was unmounted; rescanning it")
             watchTree(dir)
-            output.append(.rescan(dir))
+            emit(.rescan(dir))
             return
         }
         guard let dir = table.path(for: event.wd) else { return } // a watch we already dropped
@@ -412,9 +438,9 @@ final class InotifyReader {
             if mask & (InotifyMask.deleteSelf | InotifyMask.moveSelf) != 0 {
                 let what = mask & InotifyMask.deleteSelf != 0 ? "deleted" : "moved away"
                 log("inotify: the source directory \(display(.root)) was \(what); nothing under it is watched any more")
-                output.append(.rescan(.root))
+                emit(.rescan(.root))
             } else if mask & InotifyMask.attrib != 0 {
-                output.append(.changed(.root, isDirectory: true, created: false, closed: true))
+                emit(.changed(.root, isDirectory: true, created: false, closed: true))
             }
             return
         }
@@ -424,29 +450,29 @@ final class InotifyReader {
 
         if mask & InotifyMask.create != 0 {
             if isDirectory {
-                output.append(.changed(path, isDirectory: true, created: true, closed: true))
+                emit(.changed(path, isDirectory: true, created: true, closed: true))
                 // Whatever was made inside before the watch existed has no event: rescan it.
-                if watchTree(path).sawEntries { output.append(.rescan(path)) }
+                if watchTree(path).sawEntries { emit(.rescan(path)) }
             } else {
                 // A regular file gets its CLOSE_WRITE later; a hard link (more than one link)
                 // and everything else (symlink, fifo, socket, device) are complete now.
                 var closed = true
                 if let type = fileType(path), type.mode == S_IFREG, type.links <= 1 { closed = false }
-                output.append(.changed(path, isDirectory: false, created: true, closed: closed))
+                emit(.changed(path, isDirectory: false, created: true, closed: closed))
             }
         }
         if mask & InotifyMask.modify != 0 {
-            output.append(.changed(path, isDirectory: isDirectory, created: false, closed: false))
+            emit(.changed(path, isDirectory: isDirectory, created: false, closed: false))
         }
         if mask & InotifyMask.attrib != 0 {
-            output.append(.changed(path, isDirectory: isDirectory, created: false, closed: true))
+            emit(.changed(path, isDirectory: isDirectory, created: false, closed: true))
         }
         if mask & InotifyMask.closeWrite != 0 {
-            output.append(.changed(path, isDirectory: isDirectory, created: false, closed: true))
+            emit(.changed(path, isDirectory: isDirectory, created: false, closed: true))
         }
         if mask & InotifyMask.delete != 0 {
             if isDirectory { removeWatches(under: path) }
-            output.append(.removed(path, isDirectory: isDirectory))
+            emit(.removed(path, isDirectory: isDirectory))
         }
         if mask & InotifyMask.movedTo != 0 {
             // A MOVED_TO with no MOVED_FROM: moved in from outside the source.
@@ -457,9 +483,9 @@ final class InotifyReader {
     private func movedIn(_ path: SyncPath, isDirectory: Bool) {
         if isDirectory {
             watchTree(path)
-            output.append(.rescan(path))
+            emit(.rescan(path))
         } else {
-            output.append(.changed(path, isDirectory: false, created: true, closed: true))
+            emit(.changed(path, isDirectory: false, created: true, closed: true))
         }
     }
 
@@ -474,19 +500,19 @@ final class InotifyReader {
         case let (f?, t?):
             if isDirectory {
                 rebaseWatches(from: f, to: t)
-                output.append(.renamed(from: f, to: t, isDirectory: true))
+                emit(.renamed(from: f, to: t, isDirectory: true))
                 if table.wd(for: t) == nil {
                     // Its watch never existed (renamed before we could place it): watch and scan.
                     watchTree(t)
-                    output.append(.rescan(t))
+                    emit(.rescan(t))
                 }
             } else {
-                output.append(.renamed(from: f, to: t, isDirectory: false))
+                emit(.renamed(from: f, to: t, isDirectory: false))
             }
         case let (f?, nil):
             // Moved out of the source, or to a place the filter excludes.
             if isDirectory { removeWatches(under: f) }
-            output.append(.removed(f, isDirectory: isDirectory))
+            emit(.removed(f, isDirectory: isDirectory))
         case let (nil, t?):
             // Moved in from outside the source, or from an excluded place.
             if isDirectory, let old = path(of: from) { removeWatches(under: old) }

@@ -47,6 +47,10 @@ public final class InotifyWatcher: WatchBackend {
 
     private struct Lifecycle: Sendable {
         var running: (thread: pthread_t, wakeFd: Int32, shared: InotifyShared)?
+        /// start() is placing watches (outside the lock).
+        var starting = false
+        /// stop() was called while start() was placing watches.
+        var stopWhileStarting = false
         /// Figures of the current (or last) run, for `watchedDescription`.
         var shared: InotifyShared?
     }
@@ -81,60 +85,103 @@ public final class InotifyWatcher: WatchBackend {
     }
 
     public func start(deliver: @escaping @Sendable ([WatchEvent]) -> Void) throws {
+        // The walk runs outside the lock, so watchedDescription shows it progressing.
+        let shared = InotifyShared()
         try lifecycle.withLock { state in
-            if state.running != nil { throw InotifyWatcherError.alreadyRunning }
-
-            let fd = inotify_init1(Int32(truncatingIfNeeded: IN_CLOEXEC) | Int32(truncatingIfNeeded: IN_NONBLOCK))
-            if fd < 0 {
-                let e = errno
-                let detail = e == EMFILE
-                    ? " (fs.inotify.max_user_instances is \(Self.readProcValue("/proc/sys/fs/inotify/max_user_instances") ?? "unknown"); raise it with sysctl)"
-                    : ""
-                throw InotifyWatcherError.initFailed(errno: e, detail: detail)
-            }
-            let wakeFd = eventfd(0, Int32(truncatingIfNeeded: EFD_CLOEXEC) | Int32(truncatingIfNeeded: EFD_NONBLOCK))
-            if wakeFd < 0 {
-                let e = errno
-                close(fd)
-                throw InotifyWatcherError.wakeupFailed(errno: e)
-            }
-
-            let shared = InotifyShared()
-            let reader = InotifyReader(inotifyFd: fd, wakeFd: wakeFd, sourceRoot: sourceRoot,
-                                       filter: filter, log: log, shared: shared, deliver: deliver)
-            // Every watch is in place before start returns.
-            let rootErrno = reader.watchInitialTree()
-            if rootErrno != 0 {
-                close(fd)
-                close(wakeFd)
-                throw InotifyWatcherError.rootNotWatchable(path: SyncPath.displayString(sourceRoot), errno: rootErrno)
-            }
-
-            let box = Unmanaged.passRetained(InotifyReaderBox(reader))
-            var thread = pthread_t()
-            let rc = pthread_create(&thread, nil, { raw in
-                let box = Unmanaged<InotifyReaderBox>.fromOpaque(raw!).takeRetainedValue()
-                box.reader.run()
-                return nil
-            }, box.toOpaque())
-            if rc != 0 {
-                box.release()
-                close(fd)
-                close(wakeFd)
-                throw InotifyWatcherError.threadFailed(errno: rc)
-            }
-            state.running = (thread, wakeFd, shared)
+            if state.running != nil || state.starting { throw InotifyWatcherError.alreadyRunning }
+            state.starting = true
+            state.stopWhileStarting = false
             state.shared = shared
+        }
+        let started: (pthread_t, Int32)
+        do {
+            started = try launch(shared: shared, deliver: deliver)
+        } catch {
+            lifecycle.withLock { $0.starting = false }
+            throw error
+        }
+        let stopAtOnce = lifecycle.withLock { state -> Bool in
+            state.starting = false
+            if state.stopWhileStarting { return true }
+            state.running = (started.0, started.1, shared)
+            return false
+        }
+        if stopAtOnce { Self.halt(thread: started.0, wakeFd: started.1, shared: shared) }
+    }
+
+    /// Opens the descriptors, places every watch and starts the reader thread.
+    private func launch(shared: InotifyShared,
+                        deliver: @escaping @Sendable ([WatchEvent]) -> Void) throws -> (pthread_t, Int32) {
+        let fd = inotify_init1(Int32(truncatingIfNeeded: IN_CLOEXEC) | Int32(truncatingIfNeeded: IN_NONBLOCK))
+        if fd < 0 {
+            let e = errno
+            let detail = e == EMFILE
+                ? " (fs.inotify.max_user_instances is \(Self.readProcValue("/proc/sys/fs/inotify/max_user_instances") ?? "unknown"); raise it with sysctl)"
+                : ""
+            throw InotifyWatcherError.initFailed(errno: e, detail: detail)
+        }
+        let wakeFd = eventfd(0, Int32(truncatingIfNeeded: EFD_CLOEXEC) | Int32(truncatingIfNeeded: EFD_NONBLOCK))
+        if wakeFd < 0 {
+            let e = errno
+            close(fd)
+            throw InotifyWatcherError.wakeupFailed(errno: e)
+        }
+
+        let reader = InotifyReader(inotifyFd: fd, wakeFd: wakeFd, sourceRoot: sourceRoot,
+                                   filter: filter, log: log, shared: shared, deliver: deliver)
+        // Every watch is in place before start returns.
+        let rootErrno = reader.watchInitialTree()
+        if rootErrno != 0 {
+            close(fd)
+            close(wakeFd)
+            throw InotifyWatcherError.rootNotWatchable(path: SyncPath.displayString(sourceRoot), errno: rootErrno)
+        }
+
+        let box = Unmanaged.passRetained(InotifyReaderBox(reader))
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<InotifyReaderBox>.fromOpaque(raw!).takeRetainedValue()
+            box.reader.run()
+            return nil
+        }, box.toOpaque())
+        if rc != 0 {
+            box.release()
+            close(fd)
+            close(wakeFd)
+            throw InotifyWatcherError.threadFailed(errno: rc)
+        }
+        return (thread, wakeFd)
+    }
+
+    /// Re-applies the filter under `path` after its answers changed (a rules file was edited):
+    /// directories it now admits get watches, those it now excludes lose them, and a
+    /// `.rescan(path)` follows so the consumer syncs what became visible. Asynchronous: done
+    /// on the reader thread, in order with the events. Ignored when the watcher is not running.
+    public func rewatch(_ path: SyncPath) {
+        lifecycle.withLock { state in
+            guard let (_, wakeFd, shared) = state.running else { return }
+            shared.requestRewatch(path)
+            var one: UInt64 = 1
+            _ = write(wakeFd, &one, MemoryLayout<UInt64>.size)
         }
     }
 
     public func stop() {
         // Not joined under the lock: a delivery callback may read watchedDescription.
         let taken = lifecycle.withLock { state -> (pthread_t, Int32, InotifyShared)? in
+            if state.starting {
+                // start() is still walking: it stops the thread itself before it returns.
+                state.stopWhileStarting = true
+                return nil
+            }
             defer { state.running = nil }
             return state.running
         }
         guard let (thread, wakeFd, shared) = taken else { return }
+        Self.halt(thread: thread, wakeFd: wakeFd, shared: shared)
+    }
+
+    private static func halt(thread: pthread_t, wakeFd: Int32, shared: InotifyShared) {
         shared.stopRequested.store(true, ordering: .sequentiallyConsistent)
         if pthread_equal(thread, pthread_self()) != 0 {
             // Called from a delivery callback: the thread cannot join itself. It ends after
@@ -173,6 +220,18 @@ final class InotifyShared: Sendable {
     /// Set when stop() ran on the reader thread itself (from a delivery): nobody joins it,
     /// so it closes the wake descriptor itself.
     let closeWakeFdOnExit = Atomic<Bool>(false)
+    private let rewatchRequests = Mutex<[SyncPath]>([])
+
+    func requestRewatch(_ path: SyncPath) {
+        rewatchRequests.withLock { $0.append(path) }
+    }
+
+    func takeRewatchRequests() -> [SyncPath] {
+        rewatchRequests.withLock { requests in
+            defer { requests.removeAll() }
+            return requests
+        }
+    }
 }
 
 /// Carries the reader (which belongs to one thread at a time) into its thread.
