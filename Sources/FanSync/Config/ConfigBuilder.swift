@@ -218,6 +218,7 @@ struct ConfigBuilder {
         var source: [UInt8]? = nil
         if let v = take("source") {
             source = pathBytes(v, place, "source")
+            if let source { place.syncSource = SyncPath.displayString(source) }
         } else {
             fail(place, "source", "missing: every sync{} needs source = \"/dir/to/mirror\"")
         }
@@ -985,11 +986,16 @@ struct ConfigBuilder {
         if a.isEmpty { return b.count }
         if b.isEmpty { return a.count }
         var prev = Array(0...b.count)
+        var prevPrev = prev
         for i in 1...a.count {
             var cur = [i] + Array(repeating: 0, count: b.count)
             for j in 1...b.count {
                 cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+                if i > 1, j > 1, a[i - 1] == b[j - 2], a[i - 2] == b[j - 1] {
+                    cur[j] = min(cur[j], prevPrev[j - 2] + 1)   // a transposition ("prot" -> "port")
+                }
             }
+            prevPrev = prev
             prev = cur
         }
         return prev[b.count]

@@ -139,12 +139,23 @@ final class LuaSandbox {
     /// Every chunk that ran, by chunk id (the main config is `mainChunkId`).
     func chunks() -> [String: LuaChunk] {
         lua_getfield(L, api, "chunks")
+        let table = lua_gettop(L)
         defer { clua_pop(L, 1) }
         var out: [String: LuaChunk] = [:]
-        guard case .table(let t) = read(lua_gettop(L)) else { return out }
-        for (id, v) in t.fields {
-            guard case .table(let c) = v, case .string(let p)? = c.fields["path"], case .string(let text)? = c.fields["text"] else { continue }
-            out[id] = LuaChunk(path: String(decoding: p, as: UTF8.self), text: text)
+        lua_pushnil(L)
+        while lua_next(L, table) != 0 {
+            // key at -2, value (a plain table { path, text }) at -1
+            if lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE {
+                let id = String(decoding: bytes(at: -2), as: UTF8.self)
+                lua_getfield(L, -1, "path")
+                let path = lua_type(L, -1) == LUA_TSTRING ? String(decoding: bytes(at: -1), as: UTF8.self) : nil
+                clua_pop(L, 1)
+                lua_getfield(L, -1, "text")
+                let text = lua_type(L, -1) == LUA_TSTRING ? bytes(at: -1) : []
+                clua_pop(L, 1)
+                if let path { out[id] = LuaChunk(path: path, text: text) }
+            }
+            clua_pop(L, 1)
         }
         return out
     }
