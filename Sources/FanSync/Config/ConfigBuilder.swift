@@ -190,9 +190,14 @@ struct ConfigBuilder {
         if case .string(let b)? = merged["source"] { place.syncSource = SyncPath.displayString(b) }
         for (k, v) in defaults where merged[k] == nil { merged[k] = v }
 
+        // Custom actions first: without a preset they are what the sync{} is about.
+        let refusedHere = merged.keys.sorted().filter { ConfigBuilder.refusedSyncKeys[$0] != nil }
+        for key in refusedHere { fail(place, key, "not supported: \(ConfigBuilder.refusedSyncKeys[key]!)") }
+
         var seen: [String] = []
         for p in presets where !seen.contains(p) { seen.append(p) }
         guard let preset = seen.first else {
+            if !refusedHere.isEmpty { return nil }
             fail(place, nil, "no preset: start it with default.rsync (target = a local directory or \"host:/dir\") or default.rsyncssh (host = ..., targetdir = ...)")
             return nil
         }
@@ -207,7 +212,7 @@ struct ConfigBuilder {
         }
         let sshPreset = preset == "rsyncssh" || preset == "rssh"
 
-        var used: Set<String> = []
+        var used = Set(refusedHere)
         func take(_ key: String) -> LuaValue? {
             used.insert(key)
             return merged[key]
@@ -355,9 +360,7 @@ struct ConfigBuilder {
         }
 
         for key in merged.keys.sorted() where !used.contains(key) {
-            if let msg = ConfigBuilder.refusedSyncKeys[key] {
-                fail(place, key, "not supported: \(msg)")
-            } else if ConfigBuilder.rsyncFieldKeys.contains(key) || ConfigBuilder.rsyncBoolFlags[key] != nil
+            if ConfigBuilder.rsyncFieldKeys.contains(key) || ConfigBuilder.rsyncBoolFlags[key] != nil
                         || ConfigBuilder.rsyncValueFlags[key] != nil {
                 fail(place, key, "an rsync option: put it inside rsync = { \(key) = ... }")
             } else if ConfigBuilder.settingsKeys.contains(key) {

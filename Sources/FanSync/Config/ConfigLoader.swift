@@ -55,8 +55,14 @@ public enum ConfigLoader {
     }
 
     public static func load(sourceBytes: [UInt8], chunkName: String, directory: String) throws -> LoadedConfig {
+        try load(sourceBytes: sourceBytes, chunkName: chunkName, directory: directory,
+                 instructionLimit: LuaSandbox.instructionLimit)
+    }
+
+    /// `instructionLimit`: Lua VM instructions the config may run (an endless loop fails).
+    static func load(sourceBytes: [UInt8], chunkName: String, directory: String, instructionLimit: Int32) throws -> LoadedConfig {
         let sandbox = try LuaSandbox(directory: directory)
-        let failure = sandbox.run(source: sourceBytes, path: chunkName)
+        let failure = sandbox.run(source: sourceBytes, path: chunkName, instructionLimit: instructionLimit)
         let chunks = sandbox.chunks()
         if let failure {
             throw luaError(failure, chunks: chunks, mainPath: chunkName)

@@ -94,11 +94,11 @@ final class LuaSandbox {
     deinit { clua_close(L) }
 
     /// Runs a chunk in the sandbox; returns Lua's error message when it fails.
-    func run(source: [UInt8], path: String) -> String? {
+    func run(source: [UInt8], path: String, instructionLimit: Int32 = LuaSandbox.instructionLimit) -> String? {
         lua_getfield(L, api, "run")
         push(source)
         push(Array(path.utf8))
-        clua_set_instruction_limit(L, LuaSandbox.instructionLimit)
+        clua_set_instruction_limit(L, instructionLimit)
         let status = clua_pcall(L, 2, 0, 0)
         clua_set_instruction_limit(L, 0)
         clua_set_memory_limit(L, Int.max)
