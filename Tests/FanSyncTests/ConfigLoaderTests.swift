@@ -317,6 +317,10 @@ final class ConfigLoaderTests: XCTestCase {
         XCTAssertTrue(e.message.contains("contradicts"), e.description)
         let loaded = try f.load(remote("ssh = { options = { StrictHostKeyChecking = 'no' } }"))
         XCTAssertTrue(loaded.warnings.contains { $0.contains("host key checking") }, "\(loaded.warnings)")
+        let rsh = try f.load(remote("rsync = { rsh = '/usr/bin/ssh -l root -o StrictHostKeyChecking=no' }"))
+        XCTAssertEqual(rsh.mirrors[0].rsync.rsh, "/usr/bin/ssh -l root -o StrictHostKeyChecking=no")
+        XCTAssertTrue(rsh.warnings.contains { $0.contains("rsync.rsh turns off ssh host key checking") }, "\(rsh.warnings)")
+        XCTAssertTrue(try f.load(remote("ssh = { options = { StrictHostKeyChecking = 'yes' } }")).warnings.allSatisfy { !$0.contains("host key") })
     }
 
     // MARK: - fansync's own keys

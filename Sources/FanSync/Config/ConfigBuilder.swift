@@ -478,7 +478,11 @@ struct ConfigBuilder {
                     warnings.append("\(origin(place)): rsync.protect_args = false is ignored: fansync always passes file names to rsync safely")
                 }
             case "binary": if let s = plainString(value, place, full) { r.binary = s }
-            case "rsh": if let s = plainString(value, place, full) { r.rsh = s }
+            case "rsh":
+                if let s = plainString(value, place, full) {
+                    r.rsh = s
+                    warnIfHostKeysUnchecked(s, place, full)
+                }
             case "bwlimit":
                 if let n = ConfigBuilder.bwlimit(value), n >= 0 { bwlimitFromKey = n; r.bwlimit = n == 0 ? nil : n }
                 else { fail(place, full, "must be KiB per second (a whole number), or a string with a unit like \"10m\" (as rsync's --bwlimit), got \(value.kindDescription)") }
@@ -561,9 +565,8 @@ struct ConfigBuilder {
                 fail(place, key, "\"\(a)\" (\(long)) is not supported: \(refused.first { $0.0 == long }!.1)")
                 continue
             }
-            if let (opt, why) = refused.first(where: { a == $0.0 || a.hasPrefix($0.0 + "=") || a.hasPrefix($0.0 + "-") && $0.0 == "--include" }) {
+            if let (_, why) = refused.first(where: { a == $0.0 || a.hasPrefix($0.0 + "=") || (a.hasPrefix($0.0 + "-") && $0.0 == "--include") }) {
                 fail(place, key, "\"\(a)\" is not supported: \(why)")
-                _ = opt
                 continue
             }
             for opt in ["--exclude", "--exclude-from", "--bwlimit", "--rsh", "--include", "--filter"] where a.hasPrefix(opt + " ") {
@@ -588,6 +591,7 @@ struct ConfigBuilder {
             } else if a == "-e" || a == "--rsh" || a.hasPrefix("--rsh=") {
                 guard let s = value(a == "-e" ? "-e" : "--rsh", a), !s.isEmpty else { fail(place, key, "\"\(a)\" needs a command"); continue }
                 r.rsh = s
+                warnIfHostKeysUnchecked(s, place, key)
             } else if !a.hasPrefix("-") {
                 let previous = kept.last ?? ""
                 if previous.hasPrefix("-") && !previous.contains("=") {
@@ -614,6 +618,13 @@ struct ConfigBuilder {
             }
         }
         r.extra = kept
+    }
+
+    private mutating func warnIfHostKeysUnchecked(_ command: String, _ place: ConfigPlace, _ key: String) {
+        let flat = command.lowercased().replacingAll(" ", with: "")
+        if flat.contains("stricthostkeychecking=no") || flat.contains("userknownhostsfile=/dev/null") {
+            warnings.append("\(origin(place)): \(key) turns off ssh host key checking: a changed or impostor backup host would not be noticed")
+        }
     }
 
     // MARK: - ssh = { ... }
