@@ -33,6 +33,10 @@ public struct MirrorConfig: Sendable, Equatable {
     public var useGitignore: Bool = false
     /// Delete on the backup what a rules change newly excludes.
     public var deleteExcluded: Bool = false
+    /// Where this mirror keeps its index and queue (nil: the daemon's default state directory).
+    public var stateDir: [UInt8]? = nil
+    /// Files larger than this (bytes) go to the large-file workers, in chunks.
+    public var largeFileThreshold: Int64 = 64 << 20
 
     public init(name: String, source: [UInt8], target: Target) {
         self.name = name
@@ -86,10 +90,22 @@ public struct SSHTarget: Sendable, Equatable, CustomStringConvertible {
     /// `user@host` or `host`, as ssh takes it.
     public var destination: String { user.map { "\($0)@\(host)" } ?? host }
 
+    /// `user@[v6addr]` or `user@host`: the host part of an rsync remote spec (`\(rsyncHost):dir`).
+    public var rsyncHost: String {
+        let h = host.contains(":") ? "[\(host)]" : host
+        return user.map { "\($0)@\(h)" } ?? h
+    }
+
+    /// `host:dir`, or `ssh://host:port/dir` when a port is set (`ssh://host:port/~/dir` for a
+    /// directory relative to the login directory); `TargetParser.parse` reads it back.
     public var description: String {
         let dir = SyncPath.displayString(directory)
-        if let port { return "ssh://\(destination):\(port)/\(dir)" }
-        return "\(destination):\(dir)"
+        if let port {
+            if directory.first == UInt8(ascii: "/") { return "ssh://\(rsyncHost):\(port)\(dir)" }
+            if directory == [UInt8(ascii: ".")] { return "ssh://\(rsyncHost):\(port)/~" }
+            return "ssh://\(rsyncHost):\(port)/~/\(dir)"
+        }
+        return "\(rsyncHost):\(dir)"
     }
 }
 
@@ -116,6 +132,9 @@ public struct RsyncOptions: Sendable, Equatable {
     public var inplace: Bool = false
     /// Extra arguments appended verbatim (lsyncd's `_extra`).
     public var extra: [String] = []
+    /// The user's remote shell command (lsyncd's `rsync.rsh`, rsync's `-e`), nil for ssh with
+    /// `SSHOptions`.
+    public var rsh: String? = nil
 
     public init() {}
 }
@@ -140,6 +159,29 @@ public struct DaemonSettings: Sendable, Equatable {
     public var statusInterval: Double = 1
     public var pidFile: String? = nil
     public var verbose: Bool = false
+    /// lsyncd's `nodaemon`: fansync never forks into the background, so this only records it.
+    public var nodaemon: Bool = false
+    /// lsyncd's `insist`: keep running when a target is unreachable at start (fansync always
+    /// retries with back-off; recorded for status).
+    public var insist: Bool = false
+    /// lsyncd's `inotifyMode`, used by the inotify backend.
+    public var inotifyMode: InotifyMode = .closeWrite
+    /// lsyncd's global `maxProcesses`/`maxDelays` (also the default of every sync{}).
+    public var maxProcesses: Int? = nil
+    public var maxDelays: Int? = nil
+    /// Syslog identity and facility (lsyncd's `logident`, `logfacility`).
+    public var logIdent: String? = nil
+    public var logFacility: String? = nil
+    /// Where mirrors keep their index and queue (one subdirectory per mirror name) unless a
+    /// sync{} sets its own `stateDir`; nil = the daemon's built-in default.
+    public var stateDir: [UInt8]? = nil
 
     public init() {}
+}
+
+/// Which inotify events count as a change (lsyncd's `inotifyMode`).
+public enum InotifyMode: String, Sendable, Equatable, CaseIterable {
+    case modify = "Modify"
+    case closeWrite = "CloseWrite"
+    case closeWriteOrModify = "CloseWrite or Modify"
 }
