@@ -47,4 +47,7 @@ int clinux_has_capability(const char *cap_name);
 // posix_spawn helpers: make the child the leader of its own process group, and reset signals.
 int clinux_spawnattr_setup(posix_spawnattr_t *attr);
 
+// Rules engine: symlink-free opens beneath a directory.
+#include "CLinuxRules.h"
+
 #endif
