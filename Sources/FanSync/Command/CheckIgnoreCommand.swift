@@ -176,32 +176,29 @@ public enum CheckIgnoreCommand {
         let engine = RulesEngine(sourceRoot: root, rulesFileNames: rulesFileNames, globalPatterns: globalPatterns)
         let realRoot = realPath(root)
 
-        // The paths, as given.
+        // The paths, as given (from standard input: one record at a time, as git reads them).
         var inputs: [[UInt8]] = paths.map { Array($0.utf8) }
         if useStdin {
             let data = stdinBytes()
             let separator: UInt8 = nulTerminated ? 0 : UInt8(ascii: "\n")
-            var records = data.split(separator: separator, omittingEmptySubsequences: false).map(Array.init)
-            if data.last == separator || data.isEmpty { records.removeLast() }
-            inputs = []
-            for var record in records {
-                if !nulTerminated {
-                    if record.last == UInt8(ascii: "\r") { record.removeLast() }
-                    if record.first == UInt8(ascii: "\"") {
-                        guard let unquoted = unquoteCStyle(record) else {
-                            // git stops here too; what was answered so far stands.
-                            return finish(output: output, errors: errors + "fansync check-ignore: line is badly quoted: \(SyncPath.displayString(record))\n", status: 128, engine: engine)
-                        }
-                        record = unquoted
-                    }
-                }
-                inputs.append(record)
-            }
+            inputs = data.split(separator: separator, omittingEmptySubsequences: false).map(Array.init)
+            if data.last == separator || data.isEmpty { inputs.removeLast() }
         }
 
         var decided = 0
         let terminator: UInt8 = nulTerminated ? 0 : UInt8(ascii: "\n")
-        for original in inputs {
+        for input in inputs {
+            var original = input
+            if useStdin && !nulTerminated {
+                if original.last == UInt8(ascii: "\r") { original.removeLast() }
+                if original.first == UInt8(ascii: "\"") {
+                    guard let unquoted = unquoteCStyle(original) else {
+                        // git stops here too; what was answered so far stands.
+                        return finish(output: output, errors: errors + "fansync check-ignore: line is badly quoted: \(SyncPath.displayString(original))\n", status: 128, engine: engine)
+                    }
+                    original = unquoted
+                }
+            }
             if original.isEmpty {
                 return finish(output: output, errors: errors + "fansync check-ignore: an empty string is not a valid path (use . for the source root)\n", status: 128, engine: engine)
             }
