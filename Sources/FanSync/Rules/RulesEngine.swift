@@ -46,7 +46,8 @@ public final class RulesEngine: @unchecked Sendable {
         /// The rule lists that apply to entries of this directory, deepest and highest
         /// priority first; nil until this directory's rules files are read.
         var lists: [RuleList]?
-        var children: [[UInt8]: DirNode] = [:]
+        /// Keyed by name; each key owns its own small array (never a slice of a longer path).
+        var children: [ArraySlice<UInt8>: DirNode] = [:]
 
         init(excludedBy: IgnorePattern?, selfMatch: IgnorePattern?) {
             self.excludedBy = excludedBy
@@ -117,7 +118,7 @@ public final class RulesEngine: @unchecked Sendable {
         state.withLock { state in
             var node = state.root
             for component in directory.components {
-                guard let next = node.children[Array(component)] else { return }
+                guard let next = node.children[component] else { return }
                 node = next
             }
             var removed = 0
@@ -205,32 +206,42 @@ public final class RulesEngine: @unchecked Sendable {
     /// the first excluded one. With `loadLastLists`, the rules files of `dir` itself are read.
     private func resolve(_ dir: ArraySlice<UInt8>, state: inout State, loadLastLists: Bool,
                          primer: Primer?, pending: inout [RulesWarning]) -> Resolved {
-        let components = dir.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true)
+        let slash = UInt8(ascii: "/")
+        let start = dir.startIndex, end = dir.endIndex
         var current = state.root
-        ensureLists(current, path: [], parentLists: [], primer: components.isEmpty ? primer : nil,
+        let isRootDirectory = !dir.contains { $0 != slash }
+        ensureLists(current, path: [], parentLists: [], primer: isRootDirectory ? primer : nil,
                     state: &state, pending: &pending)
-        var path: [UInt8] = []
-        path.reserveCapacity(dir.count)
-        for (index, component) in components.enumerated() {
-            if !path.isEmpty { path.append(UInt8(ascii: "/")) }
-            let basenameOffset = path.count
-            path.append(contentsOf: component)
-            let name = Array(component)
+        var i = start
+        while i < end {
+            if dir[i] == slash {
+                i += 1
+                continue
+            }
+            var j = i
+            while j < end && dir[j] != slash { j += 1 }
+            var next = j
+            while next < end && dir[next] == slash { next += 1 }
+            let isLast = next == end
+            let component = dir[i..<j]
             let child: DirNode
-            if let existing = current.children[name] {
+            if let existing = current.children[component] {
                 child = existing
             } else {
-                let match = lastMatch(path, basenameOffset: basenameOffset, isDirectory: true, lists: current.lists!)
+                let path = Array(dir[start..<j])
+                let match = lastMatch(path, basenameOffset: i - start, isDirectory: true, lists: current.lists!)
                 child = DirNode(excludedBy: (match?.negated == false) ? match : nil, selfMatch: match)
-                current.children[name] = child
+                current.children[ArraySlice(Array(component))] = child
                 state.nodeCount += 1
             }
             if let p = child.excludedBy { return .excluded(p) }
-            let isLast = index == components.count - 1
             if isLast && !loadLastLists { return .node(child) }
-            ensureLists(child, path: path, parentLists: current.lists!, primer: isLast ? primer : nil,
-                        state: &state, pending: &pending)
+            if child.lists == nil {
+                ensureLists(child, path: Array(dir[start..<j]), parentLists: current.lists!, primer: isLast ? primer : nil,
+                            state: &state, pending: &pending)
+            }
             current = child
+            i = next
         }
         return .node(current)
     }
@@ -409,12 +420,12 @@ public final class RulesEngine: @unchecked Sendable {
                 path.append(contentsOf: entry.name)
                 if entry.isDirectory {
                     let child: DirNode
-                    if let existing = node.children[entry.name] {
+                    if let existing = node.children[entry.name[...]] {
                         child = existing
                     } else {
                         let match = lastMatch(path, basenameOffset: basenameOffset, isDirectory: true, lists: lists)
                         child = DirNode(excludedBy: (match?.negated == false) ? match : nil, selfMatch: match)
-                        node.children[entry.name] = child
+                        node.children[entry.name[...]] = child
                         state.nodeCount += 1
                     }
                     out.append(child.excludedBy != nil)
