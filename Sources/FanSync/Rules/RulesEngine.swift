@@ -78,7 +78,11 @@ public final class RulesEngine: @unchecked Sendable {
 
     init(sourceRoot: [UInt8], rulesFileNames: [[UInt8]], globalPatterns: [String], maximumCachedDirectories: Int) {
         self.sourceRoot = sourceRoot
-        self.rulesFileNames = rulesFileNames.filter { !$0.isEmpty && !$0.contains(UInt8(ascii: "/")) }
+        var names: [[UInt8]] = []
+        for name in rulesFileNames where !name.isEmpty && !name.contains(UInt8(ascii: "/")) && !names.contains(name) {
+            names.append(name)
+        }
+        self.rulesFileNames = names
         var joined: [UInt8] = []
         for (i, line) in globalPatterns.enumerated() {
             if i > 0 { joined.append(UInt8(ascii: "\n")) }
