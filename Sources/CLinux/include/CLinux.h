@@ -49,4 +49,7 @@ int clinux_spawnattr_setup(posix_spawnattr_t *attr);
 // pipe2(fds, O_CLOEXEC).
 int clinux_pipe_cloexec(int fds[2]);
 
+// Rules engine: symlink-free opens beneath a directory.
+#include "CLinuxRules.h"
+
 #endif
