@@ -1,0 +1,544 @@
+import XCTest
+import Foundation
+import Glibc
+@testable import FanSync
+
+/// Collects delivered batches; tests wait on it with a deadline.
+final class EventCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private var events: [WatchEvent] = []
+    private var batchCount = 0
+
+    func add(_ batch: [WatchEvent]) {
+        lock.lock()
+        events.append(contentsOf: batch)
+        batchCount += 1
+        lock.unlock()
+    }
+
+    var all: [WatchEvent] {
+        lock.lock(); defer { lock.unlock() }
+        return events
+    }
+
+    var batches: Int {
+        lock.lock(); defer { lock.unlock() }
+        return batchCount
+    }
+
+    /// Polls until `done` holds or `timeout` passes; returns whether it held.
+    @discardableResult
+    func wait(timeout: Double = 15, _ done: ([WatchEvent]) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if done(all) { return true }
+            usleep(5_000)
+        }
+        return done(all)
+    }
+}
+
+final class LogCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    func add(_ line: String) {
+        if ProcessInfo.processInfo.environment["FANSYNC_TEST_LOG"] != nil { print("log: \(line)") }
+        lock.lock(); lines.append(line); lock.unlock()
+    }
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
+}
+
+// Byte-path file helpers: no name goes through String or a shell.
+enum FS {
+    static func c<R>(_ path: [UInt8], _ body: (UnsafePointer<CChar>) -> R) -> R {
+        (path + [0]).withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { body($0.baseAddress!) } }
+    }
+
+    static func write(_ path: [UInt8], _ content: String = "x", append: Bool = false) {
+        let flags = O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC) | O_CLOEXEC
+        let fd = c(path) { open($0, flags, 0o644) }
+        precondition(fd >= 0, "open \(SyncPath.displayString(path)): \(String(cString: strerror(errno)))")
+        let bytes = Array(content.utf8)
+        _ = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+
+    static func mkdir(_ path: [UInt8]) {
+        let r = c(path) { Glibc.mkdir($0, 0o755) }
+        precondition(r == 0 || errno == EEXIST, "mkdir \(SyncPath.displayString(path)): \(String(cString: strerror(errno)))")
+    }
+
+    static func rename(_ from: [UInt8], _ to: [UInt8]) {
+        let r = c(from) { f in c(to) { t in Glibc.rename(f, t) } }
+        precondition(r == 0, "rename: \(String(cString: strerror(errno)))")
+    }
+
+    static func unlink(_ path: [UInt8]) {
+        precondition(c(path) { Glibc.unlink($0) } == 0, "unlink: \(String(cString: strerror(errno)))")
+    }
+
+    static func rmdir(_ path: [UInt8]) {
+        precondition(c(path) { Glibc.rmdir($0) } == 0, "rmdir: \(String(cString: strerror(errno)))")
+    }
+
+    static func symlink(_ target: String, _ path: [UInt8]) {
+        precondition(c(path) { Glibc.symlink(target, $0) } == 0, "symlink: \(String(cString: strerror(errno)))")
+    }
+
+    static func link(_ existing: [UInt8], _ path: [UInt8]) {
+        precondition(c(existing) { e in c(path) { Glibc.link(e, $0) } } == 0, "link: \(String(cString: strerror(errno)))")
+    }
+
+    static func chmod(_ path: [UInt8], _ mode: mode_t) {
+        precondition(c(path) { Glibc.chmod($0, mode) } == 0, "chmod: \(String(cString: strerror(errno)))")
+    }
+
+    static func removeTree(_ path: String) {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
+    @discardableResult
+    static func run(_ tool: String, _ args: [String]) -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tool)
+        p.arguments = args
+        do { try p.run() } catch { return -1 }
+        p.waitUntilExit()
+        return p.terminationStatus
+    }
+}
+
+func b(_ s: String) -> [UInt8] { Array(s.utf8) }
+
+final class FanotifyWatcherTests: XCTestCase {
+    var base = ""
+    var src: [UInt8] = []
+    var outside: [UInt8] = []
+    var watcher: FanotifyWatcher?
+    var events = EventCollector()
+    var logs = LogCollector()
+    var mounted: [String] = []
+
+    override func setUpWithError() throws {
+        guard getuid() == 0 else { throw XCTSkip("fanotify filesystem marks need root (CAP_SYS_ADMIN)") }
+        var template = Array("/tmp/fansync-fan-XXXXXX".utf8CString)
+        guard let dir = mkdtemp(&template) else { throw XCTSkip("mkdtemp failed") }
+        base = String(cString: dir)
+        src = b(base + "/src")
+        outside = b(base + "/outside")
+        FS.mkdir(src)
+        FS.mkdir(outside)
+        events = EventCollector()
+        logs = LogCollector()
+    }
+
+    override func tearDown() {
+        watcher?.stop()
+        watcher = nil
+        for m in mounted.reversed() { FS.run("/bin/umount", ["-l", m]) }
+        mounted = []
+        if !base.isEmpty { FS.removeTree(base) }
+    }
+
+    func p(_ rel: String) -> [UInt8] { src + [UInt8(ascii: "/")] + b(rel) }
+    func p(_ rel: [UInt8]) -> [UInt8] { src + [UInt8(ascii: "/")] + rel }
+
+    @discardableResult
+    func startWatcher(filter: @escaping WatchFilter = { _, _ in true }) throws -> FanotifyWatcher {
+        let logs = self.logs
+        let w = FanotifyWatcher(sourceRoot: src, filter: filter, log: { logs.add($0) })
+        let events = self.events
+        try w.start { events.add($0) }
+        watcher = w
+        return w
+    }
+
+    func mountTmpfs(_ path: String) throws {
+        FS.mkdir(b(path))
+        let rc = FS.run("/bin/mount", ["-t", "tmpfs", "-o", "size=16m", "fansync-test", path])
+        guard rc == 0 else { throw XCTSkip("cannot mount a tmpfs at \(path) (status \(rc))") }
+        mounted.append(path)
+    }
+
+    /// Writes a marker file and waits for it: everything done before it has been read.
+    func sync(_ marker: String = "zz-marker") {
+        FS.write(p(marker))
+        XCTAssertTrue(events.wait { self.hasChange($0, SyncPath(marker)) }, "marker \(marker) not seen")
+    }
+
+    func hasChange(_ evs: [WatchEvent], _ path: SyncPath, closed wantClosed: Bool? = true, isDirectory: Bool? = nil) -> Bool {
+        evs.contains {
+            if case let .changed(q, dir, _, c) = $0, q == path {
+                return (wantClosed == nil || c == wantClosed) && (isDirectory == nil || dir == isDirectory)
+            }
+            return false
+        }
+    }
+
+    func paths(_ evs: [WatchEvent]) -> [SyncPath] {
+        evs.flatMap { e -> [SyncPath] in
+            switch e {
+            case let .changed(q, _, _, _), let .removed(q, _), let .rescan(q): return [q]
+            case let .renamed(f, t, _): return [f, t]
+            }
+        }
+    }
+
+    // MARK: - Tests
+
+    func testCreateWriteCloseIsOneClosedCreatedChange() throws {
+        let w = try startWatcher()
+        XCTAssertEqual(w.name, "fanotify")
+        XCTAssertFalse(w.watchedDescription.isEmpty)
+        FS.write(p("a.txt"), "hello")
+        XCTAssertTrue(events.wait { self.hasChange($0, SyncPath("a.txt")) })
+        let evs = events.all.filter { paths([$0]).contains(SyncPath("a.txt")) }
+        XCTAssertTrue(evs.contains { if case .changed(_, false, true, _) = $0 { return true }; return false },
+                      "the creation is reported: \(evs)")
+        XCTAssertFalse(evs.contains { if case .removed = $0 { return true }; return false })
+    }
+
+    func testModifyWithoutCloseThenClose() throws {
+        FS.write(p("log.txt"), "start\n")
+        try startWatcher()
+        let fd = FS.c(p("log.txt")) { open($0, O_WRONLY | O_APPEND) }
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        _ = "more\n".withCString { Glibc.write(fd, $0, 5) }
+        XCTAssertTrue(events.wait { $0.contains(.changed(SyncPath("log.txt"), isDirectory: false, created: false, closed: false)) },
+                      "an open file's write is reported as not closed: \(events.all)")
+        close(fd)
+        XCTAssertTrue(events.wait { $0.contains(.changed(SyncPath("log.txt"), isDirectory: false, created: false, closed: true)) })
+    }
+
+    func testAttributeChange() throws {
+        FS.write(p("f"))
+        FS.mkdir(p("d"))
+        try startWatcher()
+        FS.chmod(p("f"), 0o600)
+        FS.chmod(p("d"), 0o700)
+        XCTAssertTrue(events.wait {
+            $0.contains(.changed(SyncPath("f"), isDirectory: false, created: false, closed: true))
+                && $0.contains(.changed(SyncPath("d"), isDirectory: true, created: false, closed: true))
+        }, "\(events.all)")
+        FS.chmod(src, 0o755)
+        XCTAssertTrue(events.wait { $0.contains(.changed(.root, isDirectory: true, created: false, closed: true)) },
+                      "an attribute change of the root itself: \(events.all)")
+    }
+
+    func testDeleteFileAndDirectory() throws {
+        FS.write(p("gone"))
+        FS.mkdir(p("dir"))
+        try startWatcher()
+        FS.unlink(p("gone"))
+        FS.rmdir(p("dir"))
+        XCTAssertTrue(events.wait {
+            $0.contains(.removed(SyncPath("gone"), isDirectory: false)) && $0.contains(.removed(SyncPath("dir"), isDirectory: true))
+        }, "\(events.all)")
+    }
+
+    func testCreateThenDeleteBeforeReadEndsRemoved() throws {
+        try startWatcher()
+        FS.write(p("brief"))
+        FS.unlink(p("brief"))
+        sync()
+        let evs = events.all.filter { paths([$0]).contains(SyncPath("brief")) }
+        XCTAssertEqual(evs.last, .removed(SyncPath("brief"), isDirectory: false), "\(evs)")
+    }
+
+    func testRenameFile() throws {
+        FS.write(p("a"))
+        try startWatcher()
+        FS.rename(p("a"), p("b"))
+        XCTAssertTrue(events.wait { $0.contains(.renamed(from: SyncPath("a"), to: SyncPath("b"), isDirectory: false)) },
+                      "\(events.all)")
+    }
+
+    func testRenameDirectoryThenWriteInsideUsesNewPath() throws {
+        FS.mkdir(p("d"))
+        FS.mkdir(p("d/sub"))
+        FS.write(p("d/sub/old"))
+        try startWatcher()
+        // Resolve (and cache) d and d/sub first.
+        FS.write(p("d/sub/first"))
+        XCTAssertTrue(events.wait { self.hasChange($0, SyncPath("d/sub/first")) })
+        FS.rename(p("d"), p("e"))
+        XCTAssertTrue(events.wait { $0.contains(.renamed(from: SyncPath("d"), to: SyncPath("e"), isDirectory: true)) },
+                      "\(events.all)")
+        FS.write(p("e/sub/second"))
+        XCTAssertTrue(events.wait { self.hasChange($0, SyncPath("e/sub/second")) }, "\(events.all)")
+        XCTAssertFalse(paths(events.all).contains(SyncPath("d/sub/second")), "a stale cached path was used")
+    }
+
+    func testMoveInFromOutside() throws {
+        FS.write(outside + b("/file"))
+        FS.mkdir(outside + b("/tree"))
+        FS.write(outside + b("/tree/inner"))
+        try startWatcher()
+        FS.rename(outside + b("/file"), p("file"))
+        FS.rename(outside + b("/tree"), p("tree"))
+        XCTAssertTrue(events.wait {
+            $0.contains(.changed(SyncPath("file"), isDirectory: false, created: true, closed: true))
+                && $0.contains(.rescan(SyncPath("tree")))
+                && $0.contains(.changed(SyncPath("tree"), isDirectory: true, created: true, closed: true))
+        }, "\(events.all)")
+        // The moved-in directory's handle resolves inside the source from now on.
+        FS.write(p("tree/new"))
+        XCTAssertTrue(events.wait { self.hasChange($0, SyncPath("tree/new")) }, "\(events.all)")
+    }
+
+    func testMoveOut() throws {
+        FS.write(p("leaving"))
+        FS.mkdir(p("dirleaving"))
+        FS.write(p("dirleaving/x"))
+        try startWatcher()
+        FS.rename(p("leaving"), outside + b("/leaving"))
+        FS.rename(p("dirleaving"), outside + b("/dirleaving"))
+        XCTAssertTrue(events.wait {
+            $0.contains(.removed(SyncPath("leaving"), isDirectory: false))
+                && $0.contains(.removed(SyncPath("dirleaving"), isDirectory: true))
+        }, "\(events.all)")
+        // Writes in the moved-out directory are outside now.
+        FS.write(outside + b("/dirleaving/after"))
+        sync()
+        XCTAssertFalse(paths(events.all).contains { $0.bytes.starts(with: b("dirleaving/")) }, "\(events.all)")
+    }
+
+    func testMkdirPWithFiles() throws {
+        try startWatcher()
+        FS.mkdir(p("a"))
+        FS.mkdir(p("a/b"))
+        FS.mkdir(p("a/b/c"))
+        FS.write(p("a/b/c/deep"))
+        FS.write(p("a/top"))
+        XCTAssertTrue(events.wait {
+            self.hasChange($0, SyncPath("a"), isDirectory: true) && self.hasChange($0, SyncPath("a/b"), isDirectory: true)
+                && self.hasChange($0, SyncPath("a/b/c"), isDirectory: true)
+                && self.hasChange($0, SyncPath("a/b/c/deep")) && self.hasChange($0, SyncPath("a/top"))
+        }, "\(events.all)")
+        // Order: a directory's creation comes before what is created in it.
+        let evs = events.all
+        let iDir = evs.firstIndex { if case .changed(SyncPath("a/b/c"), true, true, _) = $0 { return true }; return false }
+        let iFile = evs.firstIndex { paths([$0]) == [SyncPath("a/b/c/deep")] }
+        XCTAssertNotNil(iDir)
+        XCTAssertNotNil(iFile)
+        if let iDir, let iFile { XCTAssertLessThan(iDir, iFile) }
+    }
+
+    func testEventsOutsideTheSourceAreNotDelivered() throws {
+        // A sibling whose name starts with the source's name must not count as inside.
+        let sibling = b(base + "/src2")
+        FS.mkdir(sibling)
+        try startWatcher()
+        FS.write(outside + b("/noise"))
+        FS.write(sibling + b("/noise"))
+        FS.mkdir(sibling + b("/dir"))
+        FS.write(b(base + "/noise-in-parent"))
+        sync()
+        let got = Set(paths(events.all))
+        XCTAssertEqual(got, [SyncPath("zz-marker")], "\(events.all)")
+    }
+
+    func testFilterDropsEvents() throws {
+        try startWatcher(filter: { path, _ in !path.bytes.starts(with: b("skip")) })
+        FS.mkdir(p("skip"))
+        FS.write(p("skip/x"))
+        FS.write(p("skipfile"))
+        FS.write(p("keep"))
+        sync()
+        let got = Set(paths(events.all))
+        XCTAssertEqual(got, [SyncPath("keep"), SyncPath("zz-marker")], "\(events.all)")
+    }
+
+    func testRenameAcrossTheFilterBecomesRemovalOrCreation() throws {
+        FS.write(p("visible"))
+        FS.write(p("tmp-hidden"))
+        try startWatcher(filter: { path, _ in !path.bytes.starts(with: b("tmp-")) })
+        FS.rename(p("visible"), p("tmp-now-hidden"))
+        FS.rename(p("tmp-hidden"), p("shown"))
+        XCTAssertTrue(events.wait {
+            $0.contains(.removed(SyncPath("visible"), isDirectory: false))
+                && $0.contains(.changed(SyncPath("shown"), isDirectory: false, created: true, closed: true))
+        }, "\(events.all)")
+    }
+
+    func testHostileNames() throws {
+        try startWatcher()
+        let names: [[UInt8]] = [
+            b("with space"), b("new\nline"), b("quote'\"both"), b("$(touch pwned)"), b("*"), b("-leading"),
+            [0x66, 0xff, 0xfe, 0x2e, 0x74], b("tab\there"), b("back\\slash"), b(" (deleted)"),
+        ]
+        for n in names { FS.write(p(n)) }
+        // A directory with hostile bytes, resolved through its handle.
+        let dir: [UInt8] = b("dir\nwith ") + [0xc3, 0x28] + b(" (deleted)")
+        FS.mkdir(p(dir))
+        FS.write(p(dir + b("/inner $(x)")))
+        XCTAssertTrue(events.wait { evs in
+            names.allSatisfy { self.hasChange(evs, SyncPath(bytes: $0)) }
+                && self.hasChange(evs, SyncPath(bytes: dir + b("/inner $(x)")))
+        }, "\(events.all.map { String(describing: $0) })")
+        FS.rename(p(names[1]), p(names[6] + b(".moved")))
+        XCTAssertTrue(events.wait {
+            $0.contains(.renamed(from: SyncPath(bytes: names[1]), to: SyncPath(bytes: names[6] + b(".moved")), isDirectory: false))
+        })
+    }
+
+    func testSymlinkAndHardLinkAreComplete() throws {
+        FS.write(p("target"))
+        try startWatcher()
+        FS.symlink("../../etc/passwd", p("link"))
+        FS.link(p("target"), p("hard"))
+        XCTAssertTrue(events.wait {
+            $0.contains(.changed(SyncPath("link"), isDirectory: false, created: true, closed: true))
+                && $0.contains(.changed(SyncPath("hard"), isDirectory: false, created: true, closed: true))
+        }, "\(events.all)")
+    }
+
+    func testNewFileStillOpenIsNotClosed() throws {
+        try startWatcher()
+        let fd = FS.c(p("open-new")) { open($0, O_WRONLY | O_CREAT, 0o644) }
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        XCTAssertTrue(events.wait { $0.contains(.changed(SyncPath("open-new"), isDirectory: false, created: true, closed: false)) },
+                      "\(events.all)")
+        close(fd)
+        XCTAssertTrue(events.wait { self.hasChange($0, SyncPath("open-new"), closed: true) })
+    }
+
+    func testTmpfsMountedInsideIsWatched() throws {
+        let mnt = base + "/src/mnt"
+        try mountTmpfs(mnt)
+        let w = try startWatcher()
+        XCTAssertEqual(w.watchedDescription.count, 2, "\(w.watchedDescription)")
+        XCTAssertTrue(w.watchedDescription.contains { $0.hasPrefix(mnt + " (tmpfs") }, "\(w.watchedDescription)")
+        FS.mkdir(p("mnt/d"))
+        FS.write(p("mnt/d/f"))
+        // Paths are resolved when read: wait, so that f is seen under its first name.
+        XCTAssertTrue(events.wait { self.hasChange($0, SyncPath("mnt/d/f")) }, "\(events.all)")
+        FS.rename(p("mnt/d"), p("mnt/e"))
+        FS.write(p("mnt/e/g"))
+        XCTAssertTrue(events.wait {
+            $0.contains(.renamed(from: SyncPath("mnt/d"), to: SyncPath("mnt/e"), isDirectory: true))
+                && self.hasChange($0, SyncPath("mnt/e/g"))
+        }, "\(events.all)")
+        // Other tmpfs mounts (/dev/shm) are not this filesystem and are not seen.
+        XCTAssertFalse(paths(events.all).contains { !$0.bytes.starts(with: b("mnt")) })
+    }
+
+    func testMountAndUnmountAfterStart() throws {
+        let w = try startWatcher()
+        XCTAssertEqual(w.watchedDescription.count, 1)
+        let late = base + "/src/late"
+        try mountTmpfs(late)
+        XCTAssertTrue(events.wait { $0.contains(.rescan(SyncPath("late"))) }, "\(events.all) \(logs.all)")
+        XCTAssertTrue(events.wait(timeout: 5) { _ in w.watchedDescription.count == 2 }, "\(w.watchedDescription)")
+        FS.write(p("late/f"))
+        XCTAssertTrue(events.wait { self.hasChange($0, SyncPath("late/f")) }, "\(events.all)")
+        // fansync must not keep the mount busy.
+        XCTAssertEqual(FS.run("/bin/umount", [late]), 0, "umount refused while watched")
+        mounted.removeAll { $0 == late }
+        XCTAssertTrue(events.wait { $0.filter { $0 == .rescan(SyncPath("late")) }.count >= 2 }, "\(events.all)")
+    }
+
+    func testBurstOfManyFilesIsSeenCompletely() throws {
+        try startWatcher()
+        let dirs = 20, perDir = 500
+        for d in 0..<dirs {
+            FS.mkdir(p("burst\(d)"))
+            for f in 0..<perDir { FS.write(p("burst\(d)/f\(f)"), "content \(f)") }
+        }
+        XCTAssertTrue(events.wait(timeout: 60) { evs in
+            var seen = Set<SyncPath>()
+            for e in evs { if case let .changed(q, false, _, true) = e { seen.insert(q) } }
+            return seen.count >= dirs * perDir
+        }, "saw \(events.all.count) events")
+        XCTAssertLessThan(events.batches, events.all.count, "events arrive in batches")
+    }
+
+    func testStopIsPromptAndFinal() throws {
+        let w = try startWatcher()
+        FS.write(p("before"))
+        XCTAssertTrue(events.wait { self.hasChange($0, SyncPath("before")) })
+        let done = DispatchSemaphore(value: 0)
+        let box = UncheckedBox(w)
+        Thread.detachNewThread {
+            box.value.stop()
+            done.signal()
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success, "stop() did not return")
+        let count = events.all.count
+        FS.write(p("after"))
+        usleep(200_000)
+        XCTAssertEqual(events.all.count, count, "nothing is delivered after stop()")
+        w.stop() // idempotent
+    }
+
+    func testStartFailsClearlyForMissingSource() {
+        let w = FanotifyWatcher(sourceRoot: b(base + "/does-not-exist"), filter: { _, _ in true }, log: { _ in })
+        XCTAssertThrowsError(try w.start { _ in }) { error in
+            XCTAssertTrue("\(error)".contains("does-not-exist"), "\(error)")
+            XCTAssertTrue("\(error)".contains("No such file"), "\(error)")
+        }
+        FS.write(outside + b("/plain"))
+        let f = FanotifyWatcher(sourceRoot: outside + b("/plain"), filter: { _, _ in true }, log: { _ in })
+        XCTAssertThrowsError(try f.start { _ in }) { error in
+            XCTAssertTrue("\(error)".contains("not a directory"), "\(error)")
+        }
+    }
+
+    func testOverflowAndMalformedRecordsFromSyntheticBuffer() throws {
+        let reader = try FanotifyReader(sourceRoot: src, filter: { _, _ in true }, log: { _ in }, updateDescription: { _ in })
+        // struct fanotify_event_metadata: event_len, vers, reserved, metadata_len, mask, fd, pid.
+        var record: [UInt8] = []
+        func put<T>(_ v: T) { withUnsafeBytes(of: v) { record.append(contentsOf: $0) } }
+        put(UInt32(24)); put(UInt8(3)); put(UInt8(0)); put(UInt16(24))
+        put(FanBits.qOverflow); put(Int32(-1)); put(Int32(0))
+        XCTAssertEqual(reader.parseForTesting(record), [.rescan(.root)])
+        // A record claiming more bytes than were read: rescan rather than trust it.
+        var bad = record
+        bad[0] = 200
+        XCTAssertEqual(reader.parseForTesting(bad), [.rescan(.root)])
+    }
+}
+
+final class UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}
+
+final class MountsTests: XCTestCase {
+    func testParsesEscapesAndOptionalFields() {
+        let text = """
+        27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+        90 27 0:50 / /tmp/with\\040space\\012nl rw,relatime shared:5 master:2 - tmpfs tmp\\134fs rw
+        91 27 0:51 /sub /mnt/bind rw - xfs /dev/sdb1 rw
+
+        """
+        let entries = Mounts.parseMountInfo(Array(text.utf8))
+        XCTAssertEqual(entries.count, 3)
+        XCTAssertEqual(entries[1].mountPoint, Array("/tmp/with space\nnl".utf8))
+        XCTAssertEqual(entries[1].source, Array("tmp\\fs".utf8))
+        XCTAssertEqual(entries[1].fsType, "tmpfs")
+        XCTAssertEqual(entries[1].major, 0)
+        XCTAssertEqual(entries[1].minor, 50)
+        XCTAssertEqual(entries[2].root, Array("/sub".utf8))
+        XCTAssertEqual(entries[0].mountID, 27)
+        XCTAssertEqual(entries[0].parentID, 1)
+    }
+
+    func testUnescapeLeavesNonOctalAlone() {
+        XCTAssertEqual(Mounts.unescape(Array("a\\x\\04".utf8)), Array("a\\x\\04".utf8))
+        XCTAssertEqual(Mounts.unescape(Array("\\011".utf8)), [9])
+    }
+
+    func testMountsUnderAPath() {
+        let table = Mounts.parseMountInfo(Array("""
+        1 0 1:1 / / rw - ext4 a rw
+        2 1 1:2 / /work rw - ext4 b rw
+        3 2 1:3 / /work/sub rw - tmpfs c rw
+        4 1 1:4 / /workshop rw - tmpfs d rw
+        """.utf8))
+        XCTAssertEqual(Mounts.mounts(under: Array("/work".utf8), in: table).map(\.mountID), [2, 3])
+        XCTAssertTrue(Mounts.isStrictlyInside(Array("/work/sub".utf8), Array("/work".utf8)))
+        XCTAssertFalse(Mounts.isStrictlyInside(Array("/workshop".utf8), Array("/work".utf8)))
+        XCTAssertTrue(Mounts.isInsideOrEqual(Array("/x".utf8), Array("/".utf8)))
+    }
+}
