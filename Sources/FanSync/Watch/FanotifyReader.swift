@@ -71,10 +71,11 @@ struct MountRef {
     var mountPoint: [UInt8]
     var fsType: String
     var device: dev_t
-    /// A descriptor kept open (the source root, for the source's own filesystem), or -1.
-    /// open_by_handle_at refuses O_PATH descriptors (EBADF), so these are O_RDONLY;
-    /// sub-mounts are opened per lookup so that fansync never keeps them busy for umount.
-    var heldFD: Int32
+    /// What to open to reach this mount: the source root for the source's own filesystem,
+    /// the mount point for one below it. Opened (O_RDONLY: open_by_handle_at refuses O_PATH
+    /// descriptors with EBADF) for the lookups of one read buffer and closed after it, so
+    /// that fansync never keeps a mount busy for umount nor a deleted root alive.
+    var openPath: [UInt8]
 }
 
 struct MarkedFilesystem {
@@ -106,6 +107,8 @@ final class FanotifyReader {
     private let rootName: [UInt8]
 
     private var cache: [HandleKey: DirInfo] = [:]
+    /// Mount descriptors opened during the current read buffer (mount id -> fd or -1).
+    private var batchMountFDs: [Int: Int32] = [:]
     private let cacheLimit = 1 << 18
     private let bufferSize = 256 * 1024
     private let buffer: UnsafeMutableRawPointer
@@ -119,7 +122,12 @@ final class FanotifyReader {
 
     init(sourceRoot: [UInt8], filter: @escaping WatchFilter,
          log: @escaping @Sendable (String) -> Void,
-         updateDescription: @escaping @Sendable ([String]) -> Void) throws(FanotifyError) {
+         updateDescription: @escaping @Sendable ([String]) -> Void,
+         useRenameEvents: Bool = true) throws(FanotifyError) {
+        if !useRenameEvents {
+            usesRename = false
+            fsMask = FanBits.fsMaskMoves
+        }
         self.requestedRoot = sourceRoot
         self.filter = filter
         self.log = log
@@ -143,9 +151,6 @@ final class FanotifyReader {
     }
 
     func closeAll() {
-        for fs in filesystems.values {
-            for m in fs.mounts where m.heldFD >= 0 { close(m.heldFD) }
-        }
         filesystems.removeAll()
         if fanFD >= 0 { close(fanFD); fanFD = -1 }
         if mountInfoFD >= 0 { close(mountInfoFD); mountInfoFD = -1 }
@@ -250,12 +255,12 @@ final class FanotifyReader {
 
         let rootFD = withCString(root) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         if rootFD < 0 { throw FanotifyError("cannot open source \(rootText)", errno: errno) }
+        defer { close(rootFD) }
         var rootStat = stat()
         fstat(rootFD, &rootStat)
         var sfs = statfs()
         if fstatfs(rootFD, &sfs) != 0 {
             let e = errno
-            close(rootFD)
             throw FanotifyError("fstatfs on \(rootText) failed", errno: e)
         }
         let rootFsid = Self.fsid(sfs)
@@ -267,7 +272,7 @@ final class FanotifyReader {
         coveringMounts = Set(table.filter { Mounts.isInsideOrEqual(root, $0.mountPoint) }.map(\.mountID))
         let rootEntry = table.last { $0.mountID == rootMountID }
         let rootRef = MountRef(mountID: rootMountID, mountPoint: rootEntry?.mountPoint ?? root,
-                               fsType: rootEntry?.fsType ?? "unknown", device: rootStat.st_dev, heldFD: rootFD)
+                               fsType: rootEntry?.fsType ?? "unknown", device: rootStat.st_dev, openPath: root)
         filesystems[rootFsid] = MarkedFilesystem(fsid: rootFsid, mounts: [rootRef])
         try placeFilesystemMark(fd: rootFD, what: "\(rootText) (\(rootRef.fsType) mounted at \(Mounts.display(rootRef.mountPoint)))")
 
@@ -316,7 +321,7 @@ final class FanotifyReader {
         if fstatfs(fd, &sfs) != 0 { throw FanotifyError("fstatfs on \(where_) failed", errno: errno) }
         let fsid = Self.fsid(sfs)
         let ref = MountRef(mountID: entry.mountID, mountPoint: entry.mountPoint, fsType: entry.fsType,
-                           device: st.st_dev, heldFD: -1)
+                           device: st.st_dev, openPath: entry.mountPoint)
         // Marking again is harmless (same superblock: the masks merge) and re-marks a
         // filesystem whose fsid was seen before an unmount destroyed its mark.
         try placeFilesystemMark(fd: fd, what: where_)
@@ -414,6 +419,9 @@ final class FanotifyReader {
                 events.reserveCapacity(n / 64)
                 parse(count: n, into: &events)
                 if !events.isEmpty && !stop.isSet { deliver(events) }
+                // A short read drained the queue: poll again rather than pay a read that
+                // would only say EAGAIN (one syscall per wake-up saved when keeping up).
+                if n < bufferSize / 2 { break }
             }
         }
     }
@@ -437,6 +445,7 @@ final class FanotifyReader {
     /// Parses `count` bytes of event records in the buffer (exposed for tests that feed
     /// synthetic records).
     func parse(count n: Int, into out: inout [WatchEvent]) {
+        defer { closeBatchMountFDs() }
         let metaMin = Int(clinux_fan_event_metadata_len)
         var off = 0
         while off + metaMin <= n {
@@ -525,9 +534,11 @@ final class FanotifyReader {
                         oldName: Record, newName: Record, into out: inout [WatchEvent]) {
         let isDir = mask & FanBits.onDir != 0
         if mask & (FanBits.deleteSelf | FanBits.moveSelf) != 0 {
-            if fid.valid, let k = key(fid), k == rootKey {
+            // A directory's own events carry its handle as DFID (or DFID_NAME with ".").
+            let selfRecord = fid.valid ? fid : dfid.valid ? dfid : dfidName
+            if selfRecord.valid, let k = key(selfRecord), k == rootKey {
                 let what = mask & FanBits.deleteSelf != 0 ? "was deleted" : "was moved away"
-                log("fanotify: WARNING: the source root \(Mounts.display(root)) \(what); nothing more is seen there until fansync restarts")
+                log("fanotify: WARNING: the source root \(Mounts.display(root)) \(what); the mirror has no source until a directory is there again")
             }
         }
         let m = mask & ~(FanBits.deleteSelf | FanBits.moveSelf | FanBits.onDir)
@@ -557,10 +568,8 @@ final class FanotifyReader {
         } else {
             // Outside the source; only the root itself, seen from its parent, is of interest.
             if dir.isSourceParent && nm.elementsEqual(rootName) {
-                if m & FanBits.gone != 0 {
-                    log("fanotify: WARNING: the source root \(Mounts.display(root)) was removed or renamed away")
-                    return
-                }
+                // Its removal is logged through the root's own mark (FAN_DELETE_SELF).
+                if m & FanBits.gone != 0 { return }
                 path = []
             } else {
                 if isDir && m & FanBits.gone != 0 { warnIfAncestor(dir.abs, nm) }
@@ -627,12 +636,9 @@ final class FanotifyReader {
             let nm = name(oldName)
             if let rel = dir.rel {
                 fromPath = join(rel, nm)
-            } else if isDir {
-                if dir.isSourceParent && nm.elementsEqual(rootName) {
-                    log("fanotify: WARNING: the source root \(Mounts.display(root)) was renamed away")
-                } else {
-                    warnIfAncestor(dir.abs, nm)
-                }
+            } else if isDir && !(dir.isSourceParent && nm.elementsEqual(rootName)) {
+                // (The root itself reports FAN_MOVE_SELF through its own mark.)
+                warnIfAncestor(dir.abs, nm)
             }
         }
         if newName.valid, let k = key(newName), let dir = resolve(k, newName), let rel = dir.rel {
@@ -685,6 +691,12 @@ final class FanotifyReader {
 
     // MARK: - Handle resolution
 
+    private func closeBatchMountFDs() {
+        if batchMountFDs.isEmpty { return }
+        for fd in batchMountFDs.values where fd >= 0 { close(fd) }
+        batchMountFDs.removeAll(keepingCapacity: true)
+    }
+
     private func clearCache() {
         cache.removeAll(keepingCapacity: true)
     }
@@ -731,17 +743,22 @@ final class FanotifyReader {
     }
 
     private func openAndName(_ mount: MountRef, _ handle: UnsafePointer<UInt8>, _ key: HandleKey) -> [UInt8]? {
-        var mountFD = mount.heldFD
-        if mountFD < 0 {
-            mountFD = withCString(mount.mountPoint) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
-            if mountFD < 0 { return nil }
-            var st = stat()
-            if fstat(mountFD, &st) != 0 || st.st_dev != mount.device {
-                close(mountFD)
-                return nil
+        var mountFD: Int32
+        if let open = batchMountFDs[mount.mountID] {
+            mountFD = open
+        } else {
+            mountFD = withCString(mount.openPath) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+            if mountFD >= 0 {
+                var st = stat()
+                if fstat(mountFD, &st) != 0 || st.st_dev != mount.device {
+                    close(mountFD)
+                    mountFD = -1
+                }
             }
+            // Remembered even when it failed, so a missing root costs one open per batch.
+            batchMountFDs[mount.mountID] = mountFD
         }
-        defer { if mount.heldFD < 0 { close(mountFD) } }
+        if mountFD < 0 { return nil }
         let fd = clinux_open_by_handle_at(mountFD, handle, key.length, key.type, clinux_o_path | O_CLOEXEC)
         if fd < 0 {
             let e = errno
@@ -801,7 +818,7 @@ final class FanotifyReader {
             knownSubMounts[id] = nil
             for (fsid, var fs) in filesystems {
                 // An emptied entry stays: late events of that filesystem are then skipped quietly.
-                fs.mounts.removeAll { $0.mountID == id && $0.heldFD < 0 }
+                fs.mounts.removeAll { $0.mountID == id }
                 filesystems[fsid] = fs
             }
             clearCache()

@@ -16,6 +16,7 @@ public final class FanotifyWatcher: WatchBackend {
     public let name = "fanotify"
 
     private let sourceRoot: [UInt8]
+    private let useRenameEvents: Bool
     private let filter: WatchFilter
     private let log: @Sendable (String) -> Void
     private let stopSignal = StopSignal()
@@ -34,11 +35,19 @@ public final class FanotifyWatcher: WatchBackend {
     ///   - filter: called with each path (relative to the source) and whether it is a
     ///     directory; `false` drops the event. Called on the watcher thread; keep it cheap.
     ///   - log: receives one line per noteworthy thing (backend chosen, mounts, warnings).
-    public init(sourceRoot: [UInt8], filter: @escaping WatchFilter,
-                log: @escaping @Sendable (String) -> Void) {
+    public convenience init(sourceRoot: [UInt8], filter: @escaping WatchFilter,
+                            log: @escaping @Sendable (String) -> Void) {
+        self.init(sourceRoot: sourceRoot, filter: filter, log: log, useRenameEvents: true)
+    }
+
+    /// `useRenameEvents: false` asks for FAN_MOVED_FROM/FAN_MOVED_TO as kernels before 5.17
+    /// must (tests use it to exercise that path on any kernel).
+    init(sourceRoot: [UInt8], filter: @escaping WatchFilter,
+         log: @escaping @Sendable (String) -> Void, useRenameEvents: Bool) {
         self.sourceRoot = sourceRoot
         self.filter = filter
         self.log = log
+        self.useRenameEvents = useRenameEvents
     }
 
     deinit {
@@ -67,7 +76,8 @@ public final class FanotifyWatcher: WatchBackend {
         do {
             let description = self.description
             reader = try FanotifyReader(sourceRoot: sourceRoot, filter: filter, log: log,
-                                        updateDescription: { lines in description.lines.withLock { $0 = lines } })
+                                        updateDescription: { lines in description.lines.withLock { $0 = lines } },
+                                        useRenameEvents: useRenameEvents)
             try reader.setUp()
         } catch {
             state.withLock { $0.started = false }
