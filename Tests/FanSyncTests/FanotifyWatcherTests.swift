@@ -536,7 +536,7 @@ final class FanotifyWatcherTests: XCTestCase {
     func testPerfBurst100k() throws {
         guard ProcessInfo.processInfo.environment["FANSYNC_PERF"] != nil else { throw XCTSkip("set FANSYNC_PERF=1") }
         let counter = ClosedCounter()
-        let w = FanotifyWatcher(sourceRoot: src, filter: { _, _ in true }, log: { _ in })
+        let w = FanotifyWatcher(sourceRoot: src, filter: { _, _ in true }, log: { print("perf log: \($0)") })
         try w.start { counter.add($0) }
         watcher = w
         let dirs = 100, perDir = 1000
@@ -559,6 +559,7 @@ final class FanotifyWatcherTests: XCTestCase {
         let cpu = secs(usage1.ru_utime) - secs(usage0.ru_utime) + secs(usage1.ru_stime) - secs(usage0.ru_stime)
         print("perf: cp -a of \(dirs * perDir) files took \(written) s; all seen after \(seen) s; lag \(seen - written) s; watcher CPU \(cpu) s; \(counter.batchCount) batches, \(counter.eventCount) events")
         XCTAssertEqual(counter.closedCount, dirs * perDir)
+        w.stop()
     }
 
     func testStopIsPromptAndFinal() throws {
