@@ -269,6 +269,49 @@ final class FanotifyWatcherTests: XCTestCase {
         XCTAssertFalse(paths(events.all).contains(SyncPath("d/sub/second")), "a stale cached path was used")
     }
 
+    /// Paths are resolved when read. With the reader held up, a directory is filled and
+    /// renamed twice before anything is read: the batch must still read in order, with the
+    /// names things had when they happened.
+    func testDirectoryRenamedBeforeItsEventsAreReadKeepsOrderAndNames() throws {
+        let gate = Gate()
+        let events = self.events
+        let w = FanotifyWatcher(sourceRoot: src, filter: { _, _ in true }, log: { _ in }, useRenameEvents: true)
+        try w.start { batch in
+            gate.passOrWait(batch)
+            events.add(batch)
+        }
+        watcher = w
+        gate.close(whenSeeing: SyncPath("gate"))
+        FS.write(p("gate"))
+        XCTAssertTrue(gate.waitUntilHolding(), "the reader was not held")
+        FS.mkdir(p("d"))
+        FS.write(p("d/f"))
+        FS.mkdir(p("d/sub"))
+        FS.write(p("d/sub/g"))
+        FS.rename(p("d"), p("e"))
+        FS.write(p("e/h"))
+        FS.rename(p("e"), p("g"))
+        gate.open()
+        XCTAssertTrue(events.wait { $0.contains(.renamed(from: SyncPath("e"), to: SyncPath("g"), isDirectory: true)) },
+                      "\(events.all)")
+        sync()
+        let evs = events.all
+        func index(_ e: WatchEvent) -> Int? { evs.firstIndex(of: e) }
+        func changeIndex(_ path: String) -> Int? {
+            evs.firstIndex { if case let .changed(q, _, _, _) = $0 { return q == SyncPath(path) }; return false }
+        }
+        let iF = changeIndex("d/f"), iG = changeIndex("d/sub/g"), iH = changeIndex("e/h")
+        let r1 = index(.renamed(from: SyncPath("d"), to: SyncPath("e"), isDirectory: true))
+        let r2 = index(.renamed(from: SyncPath("e"), to: SyncPath("g"), isDirectory: true))
+        XCTAssertNotNil(iF, "\(evs)"); XCTAssertNotNil(iG, "\(evs)"); XCTAssertNotNil(iH, "\(evs)")
+        XCTAssertNotNil(r1, "\(evs)"); XCTAssertNotNil(r2, "\(evs)")
+        if let iF, let iG, let iH, let r1, let r2 {
+            XCTAssertLessThan(iF, r1); XCTAssertLessThan(iG, r1)
+            XCTAssertLessThan(r1, iH); XCTAssertLessThan(iH, r2)
+        }
+        XCTAssertFalse(paths(evs).contains { $0.bytes.starts(with: b("g/")) }, "no event under the final name: \(evs)")
+    }
+
     func testMoveInFromOutside() throws {
         FS.write(outside + b("/file"))
         FS.mkdir(outside + b("/tree"))
@@ -665,4 +708,39 @@ final class ClosedCounter: @unchecked Sendable {
         lock.unlock()
     }
     var closedCount: Int { lock.lock(); defer { lock.unlock() }; return closed.count }
+}
+
+/// Holds the watcher's delivery (and so its reading) while a test changes the tree.
+final class Gate: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var trigger: SyncPath?
+    private var holding = false
+    private var isOpen = true
+
+    func close(whenSeeing path: SyncPath) {
+        cond.lock(); trigger = path; isOpen = false; cond.unlock()
+    }
+
+    func passOrWait(_ batch: [WatchEvent]) {
+        cond.lock()
+        defer { cond.unlock() }
+        guard !isOpen, let t = trigger, batch.contains(where: {
+            if case let .changed(q, _, _, _) = $0 { return q == t }; return false
+        }) else { return }
+        holding = true
+        cond.broadcast()
+        while !isOpen { cond.wait() }
+        holding = false
+    }
+
+    func waitUntilHolding() -> Bool {
+        cond.lock(); defer { cond.unlock() }
+        let deadline = Date().addingTimeInterval(15)
+        while !holding { if !cond.wait(until: deadline) { return holding } }
+        return true
+    }
+
+    func open() {
+        cond.lock(); isOpen = true; cond.broadcast(); cond.unlock()
+    }
 }

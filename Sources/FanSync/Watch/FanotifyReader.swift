@@ -63,6 +63,9 @@ struct DirInfo {
     var rel: [UInt8]?
     /// The directory that contains the source root (events naming the root from outside).
     var isSourceParent: Bool
+    /// The read buffer during which it was resolved: a path resolved while reading a buffer
+    /// already reflects the directory renames that buffer reports later.
+    var batch: Int = 0
 }
 
 /// One way to reach a marked filesystem for `open_by_handle_at`.
@@ -109,6 +112,15 @@ final class FanotifyReader {
     private var cache: [HandleKey: DirInfo] = [:]
     /// Mount descriptors opened during the current read buffer (mount id -> fd or -1).
     private var batchMountFDs: [Int: Int32] = [:]
+
+    // Putting paths back in time (see `undoLaterRenames`).
+    private var batchNumber = 0
+    /// Events of this buffer whose directory part was resolved during it: output index and
+    /// the length of the directory part of its path (and of a rename's second path), or -1.
+    private struct Fixup { var index: Int; var dirLen: Int; var dirLen2: Int }
+    private var fixups: [Fixup] = []
+    /// Directory renames inside the source reported in this buffer: output index, paths.
+    private var batchRenames: [(index: Int, from: [UInt8], to: [UInt8])] = []
     private let cacheLimit = 1 << 18
     private let bufferSize = 256 * 1024
     private let buffer: UnsafeMutableRawPointer
@@ -492,7 +504,13 @@ final class FanotifyReader {
     /// Parses `count` bytes of event records in the buffer (exposed for tests that feed
     /// synthetic records).
     func parse(count n: Int, into out: inout [WatchEvent]) {
-        defer { closeBatchMountFDs() }
+        batchNumber += 1
+        fixups.removeAll(keepingCapacity: true)
+        batchRenames.removeAll(keepingCapacity: true)
+        defer {
+            closeBatchMountFDs()
+            if !batchRenames.isEmpty { undoLaterRenames(&out) }
+        }
         let metaMin = Int(clinux_fan_event_metadata_len)
         var off = 0
         while off + metaMin <= n {
@@ -627,7 +645,11 @@ final class FanotifyReader {
         }
         let sp = SyncPath(bytes: path)
         guard filter(sp, isDir) else { return }
+        let first = out.count
         map(m, path: sp, isDir: isDir, into: &out)
+        if dir.batch == batchNumber, let rel = dir.rel {
+            for k in first..<out.count { fixups.append(Fixup(index: k, dirLen: rel.count, dirLen2: -1)) }
+        }
     }
 
     /// Turns one (possibly merged) event mask on one path into watch events.
@@ -681,10 +703,12 @@ final class FanotifyReader {
     private func handleRename(isDir: Bool, oldName: Record, newName: Record, into out: inout [WatchEvent]) {
         var fromPath: [UInt8]? = nil
         var toPath: [UInt8]? = nil
+        var fromDirLen = -1, toDirLen = -1
         if oldName.valid, let k = key(oldName), let dir = resolve(k, oldName) {
             let nm = name(oldName)
             if let rel = dir.rel {
                 fromPath = join(rel, nm)
+                if dir.batch == batchNumber { fromDirLen = rel.count }
             } else if isDir && !(dir.isSourceParent && nm.elementsEqual(rootName)) {
                 // (The root itself reports FAN_MOVE_SELF through its own mark.)
                 warnIfAncestor(dir.abs, nm)
@@ -692,6 +716,7 @@ final class FanotifyReader {
         }
         if newName.valid, let k = key(newName), let dir = resolve(k, newName), let rel = dir.rel {
             toPath = join(rel, name(newName))
+            if dir.batch == batchNumber { toDirLen = rel.count }
         }
         // Every cached path below the moved directory is wrong now (resolved above first).
         if isDir { clearCache() }
@@ -700,11 +725,17 @@ final class FanotifyReader {
         var to = toPath.map { SyncPath(bytes: $0) }
         if let f = from, !filter(f, isDir) { from = nil }
         if let t = to, !filter(t, isDir) { to = nil }
+        let first = out.count
         switch (from, to) {
         case let (f?, t?):
+            if isDir { batchRenames.append((index: out.count, from: f.bytes, to: t.bytes)) }
             out.append(.renamed(from: f, to: t, isDirectory: isDir))
+            if fromDirLen >= 0 || toDirLen >= 0 {
+                fixups.append(Fixup(index: first, dirLen: fromDirLen, dirLen2: toDirLen))
+            }
         case let (f?, nil):
             out.append(.removed(f, isDirectory: isDir))
+            if fromDirLen >= 0 { fixups.append(Fixup(index: first, dirLen: fromDirLen, dirLen2: -1)) }
         case let (nil, t?):
             if isDir {
                 out.append(.changed(t, isDirectory: true, created: true, closed: true))
@@ -712,9 +743,69 @@ final class FanotifyReader {
             } else {
                 out.append(.changed(t, isDirectory: false, created: true, closed: true))
             }
+            if toDirLen >= 0 {
+                for k in first..<out.count { fixups.append(Fixup(index: k, dirLen: toDirLen, dirLen2: -1)) }
+            }
         case (nil, nil):
             break
         }
+    }
+
+    /// A directory handle is resolved when the buffer is read, so an event written into a
+    /// directory that a later event of the same buffer renames already carries the new name:
+    /// `d/f` written then `d` renamed to `e` would read as "e/f changed, d renamed to e".
+    /// This puts such paths back to the names they had when the event happened, so that the
+    /// batch reads in order: "d/f changed, d renamed to e". Renames are undone latest first;
+    /// a rename's own paths are corrected first, by the renames after it. (Renames not yet
+    /// read, in a later buffer, cannot be undone: the queue must still treat paths as hints.)
+    private func undoLaterRenames(_ out: inout [WatchEvent]) {
+        guard !fixups.isEmpty, batchRenames.count <= 1024 else { return }
+        var renameAt: [Int: Int] = [:]
+        for (i, r) in batchRenames.enumerated() { renameAt[r.index] = i }
+        var dropped: Set<Int> = []
+        for f in fixups.reversed() {
+            let j = f.index
+            guard batchRenames.last!.index > j else { continue }
+            switch out[j] {
+            case let .changed(p, isDir, created, closed):
+                guard let q = undo(p, dirLen: f.dirLen, after: j) else { continue }
+                if filter(q, isDir) { out[j] = .changed(q, isDirectory: isDir, created: created, closed: closed) } else { dropped.insert(j) }
+            case let .removed(p, isDir):
+                guard let q = undo(p, dirLen: f.dirLen, after: j) else { continue }
+                if filter(q, isDir) { out[j] = .removed(q, isDirectory: isDir) } else { dropped.insert(j) }
+            case let .rescan(p):
+                guard let q = undo(p, dirLen: f.dirLen, after: j) else { continue }
+                if filter(q, true) { out[j] = .rescan(q) } else { dropped.insert(j) }
+            case let .renamed(from, to, isDir):
+                let f2 = undo(from, dirLen: f.dirLen, after: j) ?? from
+                let t2 = undo(to, dirLen: f.dirLen2, after: j) ?? to
+                guard f2 != from || t2 != to, filter(f2, isDir), filter(t2, isDir) else { continue }
+                out[j] = .renamed(from: f2, to: t2, isDirectory: isDir)
+                if let i = renameAt[j] { batchRenames[i].from = f2.bytes; batchRenames[i].to = t2.bytes }
+            }
+        }
+        if !dropped.isEmpty {
+            out = out.enumerated().filter { !dropped.contains($0.offset) }.map(\.element)
+        }
+    }
+
+    /// `path` with its first `dirLen` bytes (the part named by a directory handle) moved back
+    /// through the directory renames after output index `j`; nil when none applies.
+    private func undo(_ path: SyncPath, dirLen: Int, after j: Int) -> SyncPath? {
+        guard dirLen >= 0, dirLen <= path.bytes.count else { return nil }
+        var dir = SyncPath(bytes: Array(path.bytes[0..<dirLen]))
+        var moved = false
+        var i = batchRenames.count - 1
+        while i >= 0 && batchRenames[i].index > j {
+            let r = batchRenames[i]
+            if let back = dir.rebased(from: SyncPath(bytes: r.to), to: SyncPath(bytes: r.from)) {
+                dir = back
+                moved = true
+            }
+            i -= 1
+        }
+        guard moved else { return nil }
+        return SyncPath(bytes: dir.bytes + path.bytes[dirLen...])
     }
 
     private func warnIfAncestor(_ dirAbs: [UInt8], _ nm: UnsafeRawBufferPointer) {
@@ -790,7 +881,7 @@ final class FanotifyReader {
         } else if abs.count > root.count, abs[root.count] == UInt8(ascii: "/"), abs.starts(with: root) {
             rel = Array(abs[(root.count + 1)...])
         }
-        return DirInfo(abs: abs, rel: rel, isSourceParent: rel == nil && abs == rootParent)
+        return DirInfo(abs: abs, rel: rel, isSourceParent: rel == nil && abs == rootParent, batch: batchNumber)
     }
 
     private func openAndName(_ mount: MountRef, _ handle: UnsafePointer<UInt8>, _ key: HandleKey) -> [UInt8]? {
