@@ -312,6 +312,33 @@ final class FanotifyWatcherTests: XCTestCase {
         XCTAssertFalse(paths(evs).contains { $0.bytes.starts(with: b("g/")) }, "no event under the final name: \(evs)")
     }
 
+    /// The same across read buffers: thousands of events queue up before the rename.
+    func testDirectoryRenamedAfterMoreThanOneBufferOfEvents() throws {
+        let gate = Gate()
+        let events = self.events
+        let w = FanotifyWatcher(sourceRoot: src, filter: { _, _ in true }, log: { _ in }, useRenameEvents: true)
+        try w.start { batch in
+            gate.passOrWait(batch)
+            events.add(batch)
+        }
+        watcher = w
+        gate.close(whenSeeing: SyncPath("gate"))
+        FS.write(p("gate"))
+        XCTAssertTrue(gate.waitUntilHolding(), "the reader was not held")
+        FS.mkdir(p("big"))
+        let count = 4000 // about 400 KiB of events: more than one 256 KiB read
+        for i in 0..<count { FS.write(p("big/file-\(i)")) }
+        FS.rename(p("big"), p("renamed"))
+        gate.open()
+        XCTAssertTrue(events.wait { $0.contains(.renamed(from: SyncPath("big"), to: SyncPath("renamed"), isDirectory: true)) },
+                      "rename not seen")
+        let evs = events.all
+        let r = evs.firstIndex(of: .renamed(from: SyncPath("big"), to: SyncPath("renamed"), isDirectory: true))!
+        let before = Set(paths(Array(evs[..<r])))
+        XCTAssertTrue((0..<count).allSatisfy { before.contains(SyncPath("big/file-\($0)")) }, "files keep their old names before the rename")
+        XCTAssertFalse(before.contains { $0.bytes.starts(with: b("renamed/")) })
+    }
+
     func testMoveInFromOutside() throws {
         FS.write(outside + b("/file"))
         FS.mkdir(outside + b("/tree"))

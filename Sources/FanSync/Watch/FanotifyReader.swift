@@ -428,12 +428,23 @@ final class FanotifyReader {
                 if !events.isEmpty && !stop.isSet { deliver(events) }
             }
             guard fds[1].revents != 0 else { continue }
+            var events: [WatchEvent] = []
+            var buffersInWindow = 0
+            func flush() {
+                guard buffersInWindow > 0 else { return }
+                finishWindow(&events)
+                if !events.isEmpty && !stop.isSet { deliver(events) }
+                events = []
+                buffersInWindow = 0
+            }
+            defer { flush() }
             while !stop.isSet {
                 let n = read(fanFD, buffer, bufferSize)
                 if n < 0 {
                     let e = errno
                     if e == EINTR { continue }
                     if e == EAGAIN || e == EWOULDBLOCK { break }
+                    flush()
                     consecutiveErrors += 1
                     log("fanotify: read failed: \(String(cString: strerror(e))); rescanning the source")
                     if !stop.isSet { deliver([.rescan(.root)]) }
@@ -447,10 +458,14 @@ final class FanotifyReader {
                 if n == 0 { break }
                 consecutiveErrors = 0
                 batchesRead += 1
-                var events: [WatchEvent] = []
-                events.reserveCapacity(n / 64)
+                if buffersInWindow == 0 {
+                    beginWindow()
+                    events.reserveCapacity(n / 64)
+                }
                 parse(count: n, into: &events)
-                if !events.isEmpty && !stop.isSet { deliver(events) }
+                buffersInWindow += 1
+                if n >= bufferSize / 2 && buffersInWindow < Self.maxBuffersPerWindow { continue }
+                flush()
                 // A short read drained the queue: poll again rather than pay a read that
                 // would only say EAGAIN (one syscall per wake-up saved when keeping up).
                 if n < bufferSize / 2 {
@@ -478,6 +493,8 @@ final class FanotifyReader {
     }
 
     static let burstPauseMicroseconds: UInt32 = 1000
+    /// At most this many full reads (256 KiB each, about 2,500 events) form one batch.
+    static let maxBuffersPerWindow = 16
 
     static func monotonicNanoseconds() -> UInt64 {
         var ts = timespec()
@@ -501,16 +518,23 @@ final class FanotifyReader {
         static let none = Record(start: -1, end: -1)
     }
 
-    /// Parses `count` bytes of event records in the buffer (exposed for tests that feed
-    /// synthetic records).
-    func parse(count n: Int, into out: inout [WatchEvent]) {
+    /// A window is what is delivered as one batch: one read, or consecutive full reads while
+    /// the kernel queue holds more (a burst), so that a directory rename read in the second
+    /// buffer still corrects paths resolved while reading the first.
+    func beginWindow() {
         batchNumber += 1
         fixups.removeAll(keepingCapacity: true)
         batchRenames.removeAll(keepingCapacity: true)
-        defer {
-            closeBatchMountFDs()
-            if !batchRenames.isEmpty { undoLaterRenames(&out) }
-        }
+    }
+
+    func finishWindow(_ out: inout [WatchEvent]) {
+        if !batchRenames.isEmpty { undoLaterRenames(&out) }
+    }
+
+    /// Parses `count` bytes of event records in the buffer into `out`, within the current
+    /// window (see `beginWindow`).
+    func parse(count n: Int, into out: inout [WatchEvent]) {
+        defer { closeBatchMountFDs() }
         let metaMin = Int(clinux_fan_event_metadata_len)
         var off = 0
         while off + metaMin <= n {
@@ -566,7 +590,9 @@ final class FanotifyReader {
         precondition(bytes.count <= bufferSize)
         bytes.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         var out: [WatchEvent] = []
+        beginWindow()
         parse(count: bytes.count, into: &out)
+        finishWindow(&out)
         return out
     }
 
