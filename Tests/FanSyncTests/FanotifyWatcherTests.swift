@@ -650,6 +650,65 @@ final class FanotifyWatcherTests: XCTestCase {
         w.stop() // idempotent
     }
 
+    /// Without CAP_SYS_ADMIN, start() must throw (naming the cause) so the caller falls back
+    /// to inotify. Runs this same test in a child process whose bounding set lacks it.
+    func testWithoutCapSysAdminStartThrows() throws {
+        if ProcessInfo.processInfo.environment["FANSYNC_TEST_CHILD_NO_SYS_ADMIN"] != nil {
+            let w = FanotifyWatcher(sourceRoot: src, filter: { _, _ in true }, log: { _ in })
+            XCTAssertThrowsError(try w.start { _ in }) { error in
+                XCTAssertTrue("\(error)".contains("CAP_SYS_ADMIN"), "\(error)")
+                XCTAssertTrue("\(error)".contains("Operation not permitted"), "\(error)")
+            }
+            return
+        }
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else { throw XCTSkip("no setpriv") }
+        let exe = CommandLine.arguments[0]
+        guard exe.hasSuffix(".xctest") else { throw XCTSkip("not run from an .xctest binary: \(exe)") }
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        child.arguments = ["--bounding-set", "-sys_admin", exe, "FanSyncTests.FanotifyWatcherTests/testWithoutCapSysAdminStartThrows"]
+        var env = ProcessInfo.processInfo.environment
+        env["FANSYNC_TEST_CHILD_NO_SYS_ADMIN"] = "1"
+        child.environment = env
+        let out = Pipe()
+        child.standardOutput = out
+        child.standardError = out
+        try child.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        child.waitUntilExit()
+        XCTAssertEqual(child.terminationStatus, 0, text)
+        XCTAssertTrue(text.contains("Executed 1 test, with 0 failures"), text)
+    }
+
+    func testStopFromInsideADeliveryDoesNotDeadlock() throws {
+        let box = LockedRef()
+        let stopped = DispatchSemaphore(value: 0)
+        let w = FanotifyWatcher(sourceRoot: src, filter: { _, _ in true }, log: { _ in })
+        box.set(w)
+        try w.start { _ in
+            if let me = box.get() {
+                me.stop()
+                stopped.signal()
+            }
+        }
+        FS.write(p("trigger"))
+        XCTAssertEqual(stopped.wait(timeout: .now() + 15), .success, "stop() inside a delivery did not return")
+        box.set(nil)
+        w.stop()
+    }
+
+    func testSymlinkedSourcePathIsResolved() throws {
+        let link = b(base + "/link-to-src")
+        FS.c(src) { target in FS.c(link) { _ = Glibc.symlink(target, $0) } }
+        let logs = self.logs, events = self.events
+        let w = FanotifyWatcher(sourceRoot: link, filter: { _, _ in true }, log: { logs.add($0) })
+        try w.start { events.add($0) }
+        watcher = w
+        FS.write(p("via-link"))
+        XCTAssertTrue(events.wait { self.hasChange($0, SyncPath("via-link")) }, "\(events.all)")
+        XCTAssertTrue(logs.all.contains { $0.contains("once symlinks are resolved") }, "\(logs.all)")
+    }
+
     func testStartFailsClearlyForMissingSource() {
         let w = FanotifyWatcher(sourceRoot: b(base + "/does-not-exist"), filter: { _, _ in true }, log: { _ in })
         XCTAssertThrowsError(try w.start { _ in }) { error in
@@ -770,4 +829,11 @@ final class Gate: @unchecked Sendable {
     func open() {
         cond.lock(); isOpen = true; cond.broadcast(); cond.unlock()
     }
+}
+
+final class LockedRef: @unchecked Sendable {
+    private let lock = NSLock()
+    private var watcher: FanotifyWatcher?
+    func set(_ w: FanotifyWatcher?) { lock.lock(); watcher = w; lock.unlock() }
+    func get() -> FanotifyWatcher? { lock.lock(); defer { lock.unlock() }; return watcher }
 }

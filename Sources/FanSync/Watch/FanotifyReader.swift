@@ -219,6 +219,9 @@ final class FanotifyReader {
 
     private func setUpInner() throws(FanotifyError) {
         let rootText = Mounts.display(root)
+        if root != requestedRoot {
+            log("fanotify: source \(Mounts.display(requestedRoot)) is \(rootText) once symlinks are resolved; paths are matched against the latter")
+        }
         var st = stat()
         guard lstatBytes(root, &st) == 0 else {
             throw FanotifyError("cannot stat source \(rootText)", errno: errno)
