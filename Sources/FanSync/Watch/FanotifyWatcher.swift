@@ -8,10 +8,17 @@ import Synchronization
 ///
 /// `start()` throws a `FanotifyError` naming the cause (no CAP_SYS_ADMIN, a filesystem that
 /// refuses marks or has no file handles, an old kernel) so that the caller can fall back to
-/// inotify. Events are read and delivered by the watcher's own thread, one batch per read.
+/// inotify. Events are read and delivered by the watcher's own thread, in the order read,
+/// one batch per read (consecutive full reads during a burst form one batch). A watcher
+/// starts once; after `stop()` make a new one.
 ///
-/// Paths are resolved when an event is read, not when it happened: an event read after
-/// its directory was renamed carries the directory's new path.
+/// Directory handles are resolved when an event is read, not when it happened. Within one
+/// batch, events that precede a directory rename of the same batch get the names they had
+/// then ("d/f changed, d renamed to e", not "e/f changed, d renamed to e"); an event read in
+/// an earlier batch than a rename that was already done can carry the newer name. The
+/// kernel also merges events on the same object (create+write+close arrive as one; a
+/// create and a delete of the same file as one, resolved here by looking at what is there
+/// now), so a consumer treats events as "look at this path", the source being the truth.
 public final class FanotifyWatcher: WatchBackend {
     public let name = "fanotify"
 
