@@ -33,7 +33,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["FanSync"]
+            dependencies: ["FanSync", "fansync"]
         ),
     ]
 )

@@ -53,4 +53,3 @@ final class ConfigFixture {
     }
 }
 
-func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }

@@ -61,3 +61,19 @@ public final class Logger: Sendable {
         state.withLock { if $0.fileFD >= 0 { close($0.fileFD) } }
     }
 }
+
+/// Writes a line to stderr (commands' error messages; the daemon uses `Logger`).
+public func printError(_ text: String) {
+    let line = text.hasSuffix("\n") ? text : text + "\n"
+    _ = line.withCString { write(2, $0, strlen($0)) }
+}
+
+/// Writes bytes to stdout unchanged (names printed as they are).
+public func writeOut(_ bytes: [UInt8]) {
+    var off = 0
+    while off < bytes.count {
+        let w = bytes.withUnsafeBytes { write(1, $0.baseAddress! + off, $0.count - off) }
+        if w <= 0 { if errno == EINTR { continue }; return }
+        off += w
+    }
+}

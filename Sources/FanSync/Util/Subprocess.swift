@@ -109,6 +109,26 @@ public struct Subprocess {
         return Result(status: code, output: output, errorOutput: errors)
     }
 
+    /// Starts `argv` in the background with stdin and stdout on /dev/null and stderr
+    /// appended to `errorPath`; the caller reaps it with `waitpid`.
+    public static func spawnBackground(_ argv: [String], errorPath: String) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, errorPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        var attr = posix_spawnattr_t()
+        _ = clinux_spawnattr_setup(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+        defer { for p in cArgs { free(p) } }
+        var pid: pid_t = 0
+        let rc = cArgs.withUnsafeBufferPointer { posix_spawnp(&pid, $0[0]!, &actions, &attr, $0.baseAddress!, environ) }
+        if rc != 0 { throw Failure.spawn(argv[0], rc) }
+        return pid
+    }
+
     public static func run(_ argv: [String], input: [UInt8] = []) throws -> Result {
         try run(argv.map { Array($0.utf8) }, input: input)
     }

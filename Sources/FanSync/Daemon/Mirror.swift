@@ -1,0 +1,316 @@
+import Glibc
+
+/// One mirror at work: a watcher feeding a change queue, and workers moving what is queued
+/// to the target with rsync. Everything shared lives in one `Monitor`.
+public final class Mirror: @unchecked Sendable {
+    public let config: MirrorConfig
+    let log: Logger
+    let transport: Transport
+    let rules: RulesEngine
+    private(set) var watcher: WatchBackend?
+    private var workers: [WorkerThread] = []
+    let state: Monitor<State>
+    let startedAt = wallNow()
+    /// Called once when the mirror cannot go on (a changed host key): the daemon stops.
+    var onFatal: (@Sendable (String) -> Void)?
+
+    struct State {
+        var queue: ChangeQueue
+        var ready: [ChangeQueue.Ticket] = []
+        var idle = 0
+        var stopping = false
+        var running: [Int: pid_t] = [:]
+        var stats = MirrorStatus.Counters()
+        var consecutiveFailures = 0
+        var reachable: Bool? = nil
+        var lastError: String? = nil
+        var lastErrorTime: Double? = nil
+        var fatal: String? = nil
+        var initialSyncDone = false
+    }
+
+    public init(config: MirrorConfig, log: Logger) throws {
+        self.config = config
+        self.log = log
+        self.transport = try Transport(config: config)
+        var names: [[UInt8]] = config.rulesFile.isEmpty ? [] : [Array(config.rulesFile.utf8)]
+        if config.useGitignore { names.append(Array(".gitignore".utf8)) }
+        self.rules = RulesEngine(sourceRoot: config.source, rulesFileNames: names, globalPatterns: config.excludes)
+        var policy = ChangeQueue.Policy()
+        policy.delay = config.delay
+        policy.maxDelays = config.maxDelays
+        policy.openFileInterval = config.openFileInterval
+        policy.renamesOnBackup = config.delete.whileRunning
+        state = Monitor(State(queue: ChangeQueue(policy: policy)))
+    }
+
+    // MARK: Life cycle
+
+    /// Starts watching, then queues the initial sync, then starts the workers: nothing that
+    /// changes after `start` returns can be missed.
+    public func start() throws {
+        var st = stat()
+        guard withCPath(config.source, { stat($0, &st) }) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
+            throw MirrorError("source \(SyncPath.displayString(config.source)) is not a directory")
+        }
+        let watcher = try makeWatcher()
+        self.watcher = watcher
+        let now = monotonicNow()
+        if config.initialSync {
+            state.update { $0.queue.addTree(.root, initial: true, now: now) }
+        } else {
+            state.update { $0.initialSyncDone = true }
+        }
+        for i in 0..<max(1, config.maxProcesses) {
+            workers.append(WorkerThread(name: "fansync-w\(i)") { [self] in workerLoop() })
+        }
+    }
+
+    struct MirrorError: Error, CustomStringConvertible {
+        let description: String
+        init(_ d: String) { description = d }
+    }
+
+    private func makeWatcher() throws -> WatchBackend {
+        let rules = self.rules
+        let filter: WatchFilter = { path, isDirectory in !rules.isExcluded(path, isDirectory: isDirectory) }
+        let logLine: @Sendable (String) -> Void = { [log] in log.info($0) }
+        let deliver: @Sendable ([WatchEvent]) -> Void = { [weak self] events in self?.receive(events) }
+        var reasons: [String] = []
+        if config.backend != .inotify {
+            let fan = FanotifyWatcher(sourceRoot: config.source, filter: filter, log: logLine)
+            do {
+                try fan.start(deliver: deliver)
+                log.info("\(config.name): watching \(SyncPath.displayString(config.source)) with fanotify (\(fan.watchedDescription.joined(separator: "; ")))")
+                return fan
+            } catch {
+                if config.backend == .fanotify { throw MirrorError("fanotify cannot watch \(SyncPath.displayString(config.source)): \(error)") }
+                reasons.append("\(error)")
+            }
+        }
+        let ino = InotifyWatcher(sourceRoot: config.source, filter: filter, log: logLine)
+        try ino.start(deliver: deliver)
+        let why = config.backend == .inotify ? "--backend inotify" : "fanotify unavailable: \(reasons.joined(separator: "; "))"
+        log.info("\(config.name): watching \(SyncPath.displayString(config.source)) with inotify (\(why); \(ino.watchedDescription.joined(separator: "; ")))")
+        return ino
+    }
+
+    /// Stops watching and sending. In-flight transfers get `grace` seconds to finish, then are
+    /// stopped (rsync removes its temporary file: the backup never shows a partial file).
+    public func stop(grace: Double = 10) {
+        watcher?.stop()
+        let deadline = monotonicNow() + grace
+        state.update { $0.stopping = true }
+        let drained: Bool = state.wait { s in
+            if s.running.isEmpty { return (true, nil) }
+            if monotonicNow() >= deadline { return (false, nil) }
+            return (nil, deadline)
+        }
+        if !drained {
+            let pids = state.withLock { Array($0.running.values) }
+            log.warning("\(config.name): stopping \(pids.count) transfer(s) still running")
+            for pid in pids { kill(-pid, SIGTERM) }
+        }
+        for w in workers { w.join() }
+        workers = []
+        transport.close()
+    }
+
+    // MARK: Events
+
+    func receive(_ events: [WatchEvent]) {
+        var accepted: [WatchEvent] = []
+        accepted.reserveCapacity(events.count)
+        for event in events {
+            switch event {
+            case .changed(let p, let isDirectory, let created, _):
+                if isDirectory && created { rules.rulesChanged(in: p) }
+                if rules.isRulesFileName(p.name) { rulesFileChanged(in: p.parent, into: &accepted) }
+                accepted.append(event)
+            case .removed(let p, let isDirectory):
+                if isDirectory { rules.rulesChanged(in: p) }
+                if rules.isRulesFileName(p.name) { rulesFileChanged(in: p.parent, into: &accepted) }
+                accepted.append(event)
+            case .renamed(let from, let to, let isDirectory):
+                if isDirectory {
+                    // A directory moved brings its rules files along: the cache of both places is stale.
+                    rules.rulesChanged(in: from)
+                    rules.rulesChanged(in: to)
+                }
+                // One side excluded: it is a create or a delete for the mirror.
+                let fromOut = rules.isExcluded(from, isDirectory: isDirectory)
+                let toOut = rules.isExcluded(to, isDirectory: isDirectory)
+                if rules.isRulesFileName(from.name) { rulesFileChanged(in: from.parent, into: &accepted) }
+                if rules.isRulesFileName(to.name) { rulesFileChanged(in: to.parent, into: &accepted) }
+                switch (fromOut, toOut) {
+                case (false, false): accepted.append(event)
+                case (true, false):
+                    accepted.append(isDirectory ? .rescan(to) : .changed(to, isDirectory: false, created: true, closed: true))
+                case (false, true): accepted.append(.removed(from, isDirectory: isDirectory))
+                case (true, true): break
+                }
+            case .rescan(let p):
+                rules.rulesChanged(in: p)
+                accepted.append(event)
+            }
+        }
+        if accepted.isEmpty { return }
+        let now = monotonicNow()
+        if log.minimum <= .debug { for e in accepted { log.debug("\(config.name): event \(e)") } }
+        state.update { $0.queue.add(accepted, now: now) }
+    }
+
+    private func rulesFileChanged(in directory: SyncPath, into events: inout [WatchEvent]) {
+        rules.rulesChanged(in: directory)
+        log.info("\(config.name): rules changed in \(directory.isRoot ? "the source root" : directory.description); resyncing it")
+        // inotify places watches by the rules: directories newly included need theirs.
+        (watcher as? InotifyWatcher)?.rewatch(directory)
+        // What the change newly includes is sent; what it newly excludes stays on the backup.
+        events.append(.rescan(directory))
+    }
+
+    // MARK: Workers
+
+    private func workerLoop() {
+        state.update { $0.idle += 1 }
+        while true {
+            let ticket: ChangeQueue.Ticket? = state.wait { s in
+                if s.stopping || s.fatal != nil { return (.some(nil), nil) }
+                if !s.ready.isEmpty { return (s.ready.removeFirst(), nil) }
+                let now = monotonicNow()
+                var tickets = s.queue.next(now: now, idle: s.idle)
+                if !tickets.isEmpty {
+                    let mine = tickets.removeFirst()
+                    s.ready += tickets
+                    return (mine, nil)
+                }
+                return (nil, s.queue.nextWakeup(now: now) ?? (now + 1))
+            }
+            guard let ticket else { break }
+            state.update { $0.idle -= 1 }
+            let started = monotonicNow()
+            let outcome = run(ticket)
+            let now = monotonicNow()
+            state.update { s in
+                s.idle += 1
+                s.running[ticket.id] = nil
+                record(outcome, of: ticket, started: started, now: now, in: &s)
+            }
+        }
+        state.update { $0.idle -= 1 }
+    }
+
+    private func onStart(_ ticket: ChangeQueue.Ticket) -> (pid_t) -> Void {
+        { [state] pid in state.withLock { $0.running[ticket.id] = pid } }
+    }
+
+    private func run(_ ticket: ChangeQueue.Ticket) -> TransferOutcome {
+        switch ticket.job {
+        case .sync(let paths):
+            return transport.sync(paths, deletes: config.delete.whileRunning, onStart: onStart(ticket))
+        case .tree(let path, let initial):
+            if initial { log.info("\(config.name): initial sync of \(SyncPath.displayString(config.source)) to \(config.target) begun") }
+            return syncTree(path, deletes: initial ? config.delete.onStartup : config.delete.whileRunning, ticket: ticket)
+        case .rename(let from, let to, let isDirectory):
+            let outcome = transport.rename(from: from, to: to)
+            guard case .failed(let why, let unreachable, _) = outcome, !unreachable else { return outcome }
+            // The backup cannot rename (it lacks the old name, or the new one is a directory
+            // still holding files): send the new name and delete the old one instead.
+            log.info("\(config.name): \(why); sending \(to) instead")
+            let sent = isDirectory ? syncTree(to, deletes: true, ticket: ticket) : transport.sync([to], deletes: true, onStart: onStart(ticket))
+            guard case .done = sent else { return sent }
+            return transport.sync([from], deletes: config.delete.whileRunning, onStart: onStart(ticket))
+        }
+    }
+
+    private func syncTree(_ path: SyncPath, deletes: Bool, ticket: ChangeQueue.Ticket) -> TransferOutcome {
+        let excluded: [ExcludedEntry]
+        do {
+            excluded = try rules.excludedTopmostEntries(under: path)
+        } catch {
+            return .failed("cannot walk \(path): \(error)", targetUnreachable: false)
+        }
+        let patterns = RulesEngine.rsyncExcludeFile(excluded, base: path)
+        return transport.syncTree(path, deletes: deletes, excludePatterns: patterns, onStart: onStart(ticket))
+    }
+
+    private func record(_ outcome: TransferOutcome, of ticket: ChangeQueue.Ticket, started: Double, now: Double, in s: inout State) {
+        let seconds = String(format3(now - started))
+        switch outcome {
+        case .done(let files, let bytes):
+            s.queue.succeeded(ticket)
+            s.consecutiveFailures = 0
+            s.reachable = true
+            s.stats.filesSent += files
+            s.stats.bytesSent += bytes
+            s.stats.lastSyncTime = wallNow()
+            switch ticket.job {
+            case .sync(let paths):
+                s.stats.batches += 1
+                log.info("\(config.name): sent batch of \(paths.count) path(s): \(files) file(s), \(bytes) bytes in \(seconds) s")
+                if log.minimum <= .debug { for p in paths { log.debug("\(config.name):   \(p)") } }
+            case .rename(let from, let to, _):
+                s.stats.renames += 1
+                log.info("\(config.name): renamed \(from) -> \(to) on the backup in \(seconds) s")
+            case .tree(let path, let initial):
+                if initial {
+                    s.initialSyncDone = true
+                    log.info("\(config.name): initial sync ended: \(files) file(s), \(bytes) bytes in \(seconds) s")
+                } else {
+                    log.info("\(config.name): resynced \(path.isRoot ? "the whole tree" : path.description): \(files) file(s), \(bytes) bytes in \(seconds) s")
+                }
+            }
+        case .failed(let why, _, true):
+            s.queue.failed(ticket, retryAt: now + 0.2)
+            log.info("\(config.name): \(why); sending again")
+        case .failed(let why, let unreachable, false):
+            s.consecutiveFailures += 1
+            s.stats.retries += 1
+            if unreachable { s.reachable = false }
+            let backoff = min(30.0, 0.5 * Double(1 << min(s.consecutiveFailures, 6)))
+            s.queue.failed(ticket, retryAt: now + backoff)
+            s.lastError = why
+            s.lastErrorTime = wallNow()
+            log.error("\(config.name): \(why); will retry in \(format3(backoff)) s, changes stay queued")
+        case .fatal(let why):
+            s.queue.failed(ticket, retryAt: now + 3600)
+            s.lastError = why
+            s.lastErrorTime = wallNow()
+            s.fatal = why
+            s.reachable = false
+            log.error("\(config.name): \(why); the mirror stops")
+            onFatal?(why)
+        }
+    }
+
+    // MARK: Status
+
+    public func status() -> MirrorStatus {
+        let now = monotonicNow()
+        return state.withLock { s in
+            MirrorStatus(
+                name: config.name,
+                backend: watcher?.name ?? "none",
+                source: SyncPath.displayString(config.source),
+                target: config.target.description,
+                watched: watcher?.watchedDescription ?? [],
+                queued: s.queue.queuedCount,
+                inFlight: s.queue.inFlightCount,
+                oldestUnsyncedSeconds: s.queue.oldestUnsynced.map { max(0, now - $0) } ?? 0,
+                initialSyncDone: s.initialSyncDone,
+                counters: s.stats,
+                lastError: s.lastError,
+                lastErrorTime: s.lastErrorTime,
+                targetReachable: s.reachable,
+                stopped: s.fatal)
+        }
+    }
+
+    /// True when nothing is queued or being sent (for tests and `--once`-style waits).
+    public var isCaughtUp: Bool { state.withLock { $0.queue.isIdle && $0.initialSyncDone } }
+}
+
+func format3(_ v: Double) -> String {
+    let ms = Int((v * 1000).rounded())
+    return "\(ms / 1000).\(String(ms % 1000).leftPadded(to: 3))"
+}

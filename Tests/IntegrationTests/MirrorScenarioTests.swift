@@ -1,0 +1,224 @@
+import FanSync
+import Foundation
+import Glibc
+import XCTest
+
+/// The mirror end to end: a real daemon on a real directory, real rsync to a real target
+/// (a local directory, or sshd on loopback), each step ending with a byte-for-byte compare.
+final class MirrorScenarioTests: XCTestCase {
+    override func setUp() { continueAfterFailure = false }
+
+    static let hostileNames: [[UInt8]] = [
+        Array("with space".utf8),
+        Array("new\nline".utf8),
+        Array("single'quote".utf8),
+        Array("double\"quote".utf8),
+        Array("$(touch pwned)".utf8),
+        Array("`touch pwned2`".utf8),
+        Array("star*".utf8),
+        Array("-leading-dash".utf8),
+        Array("--delete".utf8),
+        Array("back\\slash".utf8),
+        Array("semi;colon && echo hi".utf8),
+        [0x69, 0x6e, 0x76, 0xff, 0xfe, 0x2d, 0x75, 0x74, 0x66, 0x38],   // "inv\xff\xfe-utf8"
+        Array("ünïcødé 名前".utf8),
+    ]
+
+    func testLocalFanotify() throws { try runScenarios(backend: "fanotify", ssh: nil) }
+    func testLocalInotify() throws { try runScenarios(backend: "inotify", ssh: nil) }
+
+    func testSSHFanotify() throws {
+        let server = try SSHServer()
+        defer { server.stop() }
+        try runScenarios(backend: "fanotify", ssh: server)
+    }
+
+    func testSSHInotify() throws {
+        let server = try SSHServer()
+        defer { server.stop() }
+        try runScenarios(backend: "inotify", ssh: server)
+    }
+
+    func runScenarios(backend: String, ssh: SSHServer?) throws {
+        let work = Harness.tempDirectory("work")
+        defer { Harness.removeTree(work) }
+        let src = work + "/source"
+        let outside = work + "/outside"
+        mkdir(src, 0o755); mkdir(outside, 0o755)
+        let dst = ssh?.makeBackupDirectory("backup") ?? (work + "/backup")
+        defer { if ssh != nil { Harness.removeTree(dst) } }
+
+        // Content present before the daemon starts: the initial sync brings it over.
+        writeFile(src, "existing.txt", "hello\n")
+        mkdirs(src, "empty/dir")
+        mkdirs(src, "code/pkg")
+        writeFile(src, "code/pkg/mod.py", "print('x')\n", mode: 0o755)
+        symlink("code/pkg/mod.py", src + "/link-to-mod")
+        symlink("/etc/passwd", src + "/absolute-link")
+        for name in Self.hostileNames { writeFile(bytesPath(src, name), name + [10]) }
+
+        var args = [src, ssh?.target(dst) ?? dst, "--backend", backend, "--max-processes", "3", "--open-file-interval", "0.5"]
+        args += ssh?.fansyncOptions ?? []
+        let daemon = try DaemonProcess(arguments: args, workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp()
+        XCTAssertTrue(daemon.log.contains("with \(backend)"), "backend in log:\n\(daemon.log)")
+        waitConverged(src, dst, daemon: daemon)
+
+        // create, overwrite, append, truncate, chmod, delete
+        writeFile(src, "new.txt", "new file\n")
+        waitConverged(src, dst, daemon: daemon)
+        writeFile(src, "new.txt", "overwritten\n")
+        XCTAssertTrue(writeFile(bytesPath(src, Array("new.txt".utf8)), Array("appended\n".utf8), append: true))
+        waitConverged(src, dst, daemon: daemon)
+        truncate(src + "/new.txt", 3)
+        chmod(src + "/existing.txt", 0o600)
+        waitConverged(src, dst, daemon: daemon)
+        unlink(src + "/new.txt")
+        rmdir(src + "/empty/dir")
+        waitConverged(src, dst, daemon: daemon)
+
+        // A directory of many files renamed: one rename on the backup, not a resend.
+        mkdirs(src, "data/shard")
+        for i in 0..<1000 { writeFile(src, "data/shard/f\(i).bin", String(repeating: "x", count: i)) }
+        daemon.waitCaughtUp()
+        waitConverged(src, dst, daemon: daemon)
+        let sentBefore = daemon.firstSync?["files_sent"]?.number ?? 0
+        let renamesBefore = daemon.firstSync?["renames"]?.number ?? 0
+        XCTAssertEqual(rename(src + "/data/shard", src + "/data/renamed-shard"), 0)
+        waitConverged(src, dst, daemon: daemon)
+        daemon.waitCaughtUp()
+        let sentAfter = daemon.firstSync?["files_sent"]?.number ?? 0
+        XCTAssertLessThan(sentAfter - sentBefore, 10, "a directory rename resent its files")
+        XCTAssertGreaterThan(daemon.firstSync?["renames"]?.number ?? 0, renamesBefore, "no rename on the backup")
+
+        // Rename a file; move out of the tree and into it.
+        XCTAssertEqual(rename(src + "/existing.txt", src + "/code/moved.txt"), 0)
+        waitConverged(src, dst, daemon: daemon)
+        XCTAssertEqual(rename(src + "/code/moved.txt", outside + "/moved-out.txt"), 0)
+        waitConverged(src, dst, daemon: daemon)
+        mkdirs(outside, "incoming/deep")
+        writeFile(outside, "incoming/deep/a.txt", "moved in\n")
+        writeFile(outside, "incoming/b.txt", "moved in too\n")
+        XCTAssertEqual(rename(outside + "/incoming", src + "/incoming"), 0)
+        XCTAssertEqual(rename(outside + "/moved-out.txt", src + "/moved-back.txt"), 0)
+        waitConverged(src, dst, daemon: daemon)
+
+        // mkdir -p with files written at once.
+        mkdirs(src, "x/y/z")
+        for i in 0..<20 { writeFile(src, "x/y/z/file\(i)", "content \(i)\n") }
+        writeFile(src, "x/top", "top\n")
+        waitConverged(src, dst, daemon: daemon)
+
+        // Editor-style save: write a temporary file, rename it over the original.
+        writeFile(src, "code/.mod.py.swp", "print('saved')\n")
+        XCTAssertEqual(rename(src + "/code/.mod.py.swp", src + "/code/pkg/mod.py"), 0)
+        waitConverged(src, dst, daemon: daemon)
+
+        // Hostile names: renamed, rewritten, deleted, and used as directory names.
+        for (i, name) in Self.hostileNames.enumerated() {
+            let p = bytesPath(src, name)
+            switch i % 3 {
+            case 0: XCTAssertEqual(renamePath(p, p + Array(".renamed".utf8)), 0)
+            case 1: writeFile(p, Array("rewritten".utf8))
+            default: _ = cPath(p) { unlink($0) }
+            }
+            makeDir(bytesPath(src, Array("dir-".utf8) + name))
+            writeFile(bytesPath(src, Array("dir-".utf8) + name + [UInt8(ascii: "/")] + name), name)
+        }
+        waitConverged(src, dst, daemon: daemon)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dst + "/pwned"), "a name reached a shell")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/nonexistent/pwned"))
+
+        // 5,000 files in one burst.
+        mkdirs(src, "burst")
+        for i in 0..<5000 { writeFile(src, "burst/b\(i % 50)-\(i).txt", "burst \(i)\n") }
+        waitConverged(src, dst, daemon: daemon, timeout: 90)
+
+        // A file rewritten while it is being sent.
+        let big = [UInt8](repeating: 0x41, count: 32 << 20)
+        XCTAssertTrue(writeFile(bytesPath(src, Array("big.bin".utf8)), big))
+        usleep(30_000)
+        for round in 0..<3 {
+            XCTAssertTrue(writeFile(bytesPath(src, Array("big.bin".utf8)), [UInt8](repeating: UInt8(0x42 + round), count: (16 << 20) + round)))
+            usleep(20_000)
+        }
+        waitConverged(src, dst, daemon: daemon, timeout: 60)
+
+        // Delete a directory holding files; replace a directory by a file.
+        XCTAssertEqual(try Subprocess.run(["rm", "-rf", "--", src + "/burst"]).status, 0)
+        XCTAssertEqual(try Subprocess.run(["rm", "-rf", "--", src + "/x"]).status, 0)
+        writeFile(src, "x", "now a file\n")
+        waitConverged(src, dst, daemon: daemon, timeout: 60)
+
+        daemon.waitCaughtUp()
+        let status = daemon.firstSync
+        XCTAssertEqual(status?["backend"]?.string, backend)
+        XCTAssertEqual(status?["target_reachable"]?.bool, true)
+        XCTAssertEqual(status?["last_error"], .null, "errors: \(daemon.log)")
+        daemon.stop()
+        XCTAssertTrue(treeDifferences(src, dst).isEmpty)
+    }
+
+    /// Excluded paths are never sent, and an exclude does not delete what the backup holds.
+    func testExcludes() throws {
+        let work = Harness.tempDirectory("excl")
+        defer { Harness.removeTree(work) }
+        let src = work + "/source", dst = work + "/backup"
+        mkdir(src, 0o755)
+        mkdirs(src, ".git/objects")
+        writeFile(src, ".git/HEAD", "ref\n")
+        mkdirs(src, "pkg/__pycache__")
+        writeFile(src, "pkg/__pycache__/m.pyc", "bytecode")
+        writeFile(src, "pkg/m.py", "code")
+        let daemon = try DaemonProcess(arguments: [src, dst, "--exclude", ".git", "--exclude", "__pycache__", "--exclude", "*.tmp"], workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp()
+        writeFile(src, "pkg/__pycache__/n.pyc", "bytecode")
+        writeFile(src, "scratch.tmp", "tmp")
+        writeFile(src, "pkg/n.py", "code")
+        let deadline = Date().addingTimeInterval(20)
+        while !FileManager.default.fileExists(atPath: dst + "/pkg/n.py") && Date() < deadline { usleep(50_000) }
+        daemon.waitCaughtUp()
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dst + "/pkg/m.py"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dst + "/pkg/n.py"))
+        for p in [".git", "pkg/__pycache__", "scratch.tmp"] {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dst + "/" + p), "\(p) was sent")
+        }
+    }
+
+    /// Bad arguments: a one-line reason and a non-zero exit, nothing started.
+    func testBadArgumentsExitNonZero() throws {
+        for args in [["run"], ["run", "/tmp"], ["run", "/tmp", "/x", "--delay", "soon"], ["run", "/tmp", "/x", "--bogus"],
+                     ["run", "/tmp", "/tmp/inside"], ["run", "/nonexistent-source", "/tmp/x-backup"], ["frobnicate"]] {
+            let r = try Subprocess.run([Harness.fansyncBinary] + args)
+            XCTAssertNotEqual(r.status, 0, "\(args)")
+            XCTAssertTrue(r.errorText.contains("fansync"), "\(args): \(r.errorText)")
+        }
+        let help = try Subprocess.run([Harness.fansyncBinary, "run", "--help"])
+        XCTAssertEqual(help.status, 0)
+        for flag in ["--exclude", "--delay", "--max-delays", "--max-processes", "--status-file", "--log-file", "--ssh-option", "--backend", "--open-file-interval"] {
+            XCTAssertTrue(help.outputText.contains(flag), "help lacks \(flag)")
+        }
+    }
+
+    /// A target that cannot be reached at start is retried, and the mirror converges once it can.
+    func testUnreachableTargetIsRetried() throws {
+        let work = Harness.tempDirectory("retry")
+        defer { Harness.removeTree(work) }
+        let src = work + "/source"
+        mkdir(src, 0o755)
+        writeFile(src, "a.txt", "a\n")
+        // The backup's parent does not exist yet: rsync fails until it does.
+        let dst = work + "/later/backup"
+        let daemon = try DaemonProcess(arguments: [src, dst, "--rsync-option", "--no-mkpath"], workDir: work)
+        defer { daemon.stop() }
+        let deadline = Date().addingTimeInterval(20)
+        while (daemon.firstSync?["retries"]?.number ?? 0) < 1 && Date() < deadline { usleep(50_000) }
+        XCTAssertGreaterThanOrEqual(daemon.firstSync?["retries"]?.number ?? 0, 1, daemon.log)
+        XCTAssertNotEqual(daemon.firstSync?["last_error"], .null)
+        writeFile(src, "b.txt", "queued while failing\n")
+        mkdirs(work, "later/backup")
+        waitConverged(src, dst, daemon: daemon, timeout: 40)
+    }
+}
