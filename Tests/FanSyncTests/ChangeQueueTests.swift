@@ -250,3 +250,106 @@ final class ChangeQueueTests: XCTestCase {
         }
     }
 }
+
+final class TransportArgumentTests: XCTestCase {
+    func testRsyncStatsParsing() {
+        let stats = RsyncStats(parsing: """
+        Number of files: 10 (reg: 7, dir: 3)
+        Number of created files: 2 (reg: 2)
+        Number of deleted files: 3 (reg: 2, dir: 1)
+        Number of regular files transferred: 5
+        Total bytes sent: 1,234
+        """)
+        XCTAssertEqual(stats.files, 5)
+        XCTAssertEqual(stats.deleted, 3)
+        XCTAssertEqual(stats.bytes, 1234)
+    }
+
+    func testShellQuoteKeepsEveryByte() {
+        XCTAssertEqual(shellQuote(Array("a'b".utf8)), Array("'a'\\''b'".utf8))
+        XCTAssertEqual(shellQuote([0xff, 0x0a]), [UInt8(ascii: "'"), 0xff, 0x0a, UInt8(ascii: "'")])
+    }
+
+    func testBatchArgumentsForSSHTarget() throws {
+        var c = MirrorConfig(name: "m", source: Array("/src".utf8),
+                             target: .ssh(SSHTarget(user: "u", host: "h", port: 2222, directory: Array("/dst dir".utf8))))
+        c.ssh.options = ["UserKnownHostsFile=/tmp/k h"]
+        c.rsync.extra = ["--delete", "--info=progress2"]
+        let t = try Transport(config: c)
+        defer { t.close() }
+        let args = t.batchArguments(deletes: true).map { String(decoding: $0, as: UTF8.self) }
+        XCTAssertEqual(args.first, "rsync")
+        XCTAssertTrue(args.contains("--files-from=-"))
+        XCTAssertTrue(args.contains("--from0"))
+        XCTAssertTrue(args.contains("--delete-missing-args"))
+        XCTAssertTrue(args.contains("--force"))
+        XCTAssertTrue(args.contains("--protect-args"))
+        XCTAssertFalse(args.contains("--delete"), "a --delete extra is the delete mode, not a batch flag")
+        XCTAssertTrue(args.contains("--info=progress2"))
+        XCTAssertEqual(args.suffix(2), ["/src/", "u@h:/dst dir/"])
+        let e = args[args.firstIndex(of: "-e")! + 1]
+        XCTAssertTrue(e.contains("-p 2222"))
+        XCTAssertTrue(e.contains("\"UserKnownHostsFile=/tmp/k h\""), e)
+        XCTAssertTrue(e.contains("BatchMode=yes"))
+        XCTAssertTrue(e.contains("ControlPath="))
+        let noDeletes = t.batchArguments(deletes: false).map { String(decoding: $0, as: UTF8.self) }
+        XCTAssertTrue(noDeletes.contains("--ignore-missing-args"))
+        XCTAssertFalse(noDeletes.contains("--delete-missing-args"))
+    }
+
+    func testTreeArguments() throws {
+        var c = MirrorConfig(name: "m", source: Array("/src".utf8), target: .local(path: Array("/dst".utf8)))
+        c.deleteExcluded = true
+        let t = try Transport(config: c)
+        let args = t.treeArguments(SyncPath("a b"), deletes: true, excludeFile: "/tmp/x").map { String(decoding: $0, as: UTF8.self) }
+        XCTAssertTrue(args.contains("--recursive"))
+        XCTAssertTrue(args.contains("--delete"))
+        XCTAssertTrue(args.contains("--delete-excluded"))
+        XCTAssertTrue(args.contains("--exclude-from=/tmp/x"))
+        XCTAssertEqual(args.suffix(2), ["/src/a b/", "/dst/a b/"])
+        let keep = t.treeArguments(.root, deletes: false, excludeFile: nil).map { String(decoding: $0, as: UTF8.self) }
+        XCTAssertFalse(keep.contains("--delete"))
+        XCTAssertEqual(keep.suffix(2), ["/src/", "/dst/"])
+    }
+}
+
+final class RunArgumentTests: XCTestCase {
+    func testParsesEveryFlag() throws {
+        let p = try RunCommand.parse(["/w", "u@h:/b", "--exclude", ".git", "--exclude=__pycache__", "--delay", "0.5",
+                                      "--max-delays", "100", "--max-processes", "4", "--status-file", "/run/s.json",
+                                      "--log-file", "/tmp/l", "--backend", "inotify", "--open-file-interval", "3",
+                                      "--ssh-option", "Port=22", "--bwlimit", "1000", "--compress", "--delete", "running",
+                                      "--rules-file", ".ignore", "--use-gitignore", "-v"], cwd: "/")
+        let m = try XCTUnwrap(p.mirrors.first)
+        XCTAssertEqual(m.excludes, [".git", "__pycache__"])
+        XCTAssertEqual(m.delay, 0.5)
+        XCTAssertEqual(m.maxDelays, 100)
+        XCTAssertEqual(m.maxProcesses, 4)
+        XCTAssertEqual(m.backend, .inotify)
+        XCTAssertEqual(m.openFileInterval, 3)
+        XCTAssertEqual(m.ssh.options, ["Port=22"])
+        XCTAssertEqual(m.rsync.bwlimit, 1000)
+        XCTAssertTrue(m.rsync.compress)
+        XCTAssertEqual(m.delete, .running)
+        XCTAssertEqual(m.rulesFile, ".ignore")
+        XCTAssertTrue(m.useGitignore)
+        XCTAssertEqual(p.settings.statusFile, "/run/s.json")
+        XCTAssertEqual(p.settings.logFile, "/tmp/l")
+        XCTAssertTrue(p.settings.verbose)
+        XCTAssertEqual(m.source, Array("/w".utf8))
+        XCTAssertEqual(m.name, "w")
+        guard case .ssh(let t) = m.target else { return XCTFail("not ssh") }
+        XCTAssertEqual(t.host, "h")
+    }
+
+    func testRelativeSourceAndErrors() throws {
+        let p = try RunCommand.parse(["src/../work", "/backup"], cwd: "/home/u")
+        XCTAssertEqual(p.mirrors[0].source, Array("/home/u/work".utf8))
+        for bad in [["/a"], ["/a", "/b", "/c"], ["/a", "/b", "--delay", "x"], ["/a", "/b", "--delay", "-1"],
+                    ["/a", "/b", "--max-processes", "0"], ["/a", "/b", "--backend", "magic"], ["/a", "/b", "--nope"],
+                    ["/a", "/a/b"], ["/a/b", "/a"], ["/a", "/b", "--delete", "maybe"], ["/a", "/b", "--ssh-option", "novalue"],
+                    ["/a", "/b", "--compress=yes"], ["/a", "/b", "--rules-file", "a/b"]] {
+            XCTAssertThrowsError(try RunCommand.parse(bad, cwd: "/"), "\(bad)")
+        }
+    }
+}

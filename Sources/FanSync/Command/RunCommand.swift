@@ -201,7 +201,9 @@ public enum RunCommand {
             return 1
         }
         log.info("fansync \(fansyncVersion) starting, pid \(getpid())")
-        return Daemon(settings: parsed.settings, mirrors: parsed.mirrors, log: log).run()
+        let reload: (() throws -> (DaemonSettings, [MirrorConfig]))? = arguments.contains(where: { $0 == "--config" || $0.hasPrefix("--config=") })
+            ? { let p = try parse(arguments); return (p.settings, p.mirrors) } : nil
+        return Daemon(settings: parsed.settings, mirrors: parsed.mirrors, log: log, reload: reload).run()
     }
 }
 

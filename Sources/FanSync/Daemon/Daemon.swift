@@ -5,17 +5,80 @@ public let fansyncVersion = "0.1.0"
 
 /// The process: mirrors, the status file, signals.
 public final class Daemon: @unchecked Sendable {
-    public let settings: DaemonSettings
+    public private(set) var settings: DaemonSettings
     public let configs: [MirrorConfig]
     let log: Logger
     private(set) var mirrors: [Mirror] = []
     private let fatal = Monitor<String?>(nil)
     let startedAt = wallNow()
+    /// Loads the configuration again (SIGHUP); nil when there is no config file.
+    let reload: (() throws -> (DaemonSettings, [MirrorConfig]))?
 
-    public init(settings: DaemonSettings, mirrors: [MirrorConfig], log: Logger) {
+    public init(settings: DaemonSettings, mirrors: [MirrorConfig], log: Logger,
+                reload: (() throws -> (DaemonSettings, [MirrorConfig]))? = nil) {
         self.settings = settings
         self.configs = mirrors
         self.log = log
+        self.reload = reload
+    }
+
+    private func startMirror(_ config: MirrorConfig) throws -> Mirror {
+        let mirror = try Mirror(config: config, log: log)
+        mirror.onFatal = { [fatal] why in fatal.update { $0 = why } }
+        try mirror.start()
+        log.info("\(config.name): mirroring \(SyncPath.displayString(config.source)) to \(config.target) (delay \(config.delay) s, \(config.maxProcesses) transfer(s) at a time)")
+        return mirror
+    }
+
+    /// SIGHUP: a config that fails to load leaves the running one in place. Mirrors are
+    /// matched by name; a changed one is reconfigured in place (its queue and watcher stay),
+    /// or restarted when its source or backend changed.
+    func reloadConfiguration() {
+        guard let reload else {
+            log.info("received SIGHUP: no config file to reload (mirror given on the command line)")
+            return
+        }
+        let newSettings: DaemonSettings, newConfigs: [MirrorConfig]
+        do {
+            (newSettings, newConfigs) = try reload()
+        } catch {
+            log.error("reload failed, keeping the running configuration: \(error)")
+            return
+        }
+        log.info("received SIGHUP: reloading the configuration")
+        var kept: [Mirror] = []
+        var remaining = mirrors
+        for config in newConfigs {
+            if let i = remaining.firstIndex(where: { $0.config.name == config.name }) {
+                let mirror = remaining.remove(at: i)
+                do {
+                    if try mirror.reconfigure(config) { kept.append(mirror); continue }
+                    log.info("\(config.name): source or backend changed; restarting the mirror")
+                    mirror.stop()
+                } catch {
+                    log.error("\(config.name): cannot apply the new configuration (\(error)); keeping the old one")
+                    kept.append(mirror)
+                    continue
+                }
+            }
+            do {
+                kept.append(try startMirror(config))
+            } catch {
+                log.error("\(config.name): cannot start: \(error)")
+            }
+        }
+        for mirror in remaining {
+            log.info("\(mirror.config.name): no longer in the configuration; stopping it")
+            mirror.stop()
+        }
+        mirrors = kept
+        let oldStatus = settings.statusFile
+        settings.statusFile = newSettings.statusFile
+        settings.statusInterval = newSettings.statusInterval
+        if newSettings.logFile != settings.logFile {
+            log.warning("logfile changed in the config; it takes effect at the next start")
+        }
+        if oldStatus != settings.statusFile, let oldStatus { unlink(oldStatus) }
     }
 
     /// Runs until SIGINT or SIGTERM (exit 0) or until a mirror cannot go on (exit 1).
@@ -36,11 +99,7 @@ public final class Daemon: @unchecked Sendable {
 
         for config in configs {
             do {
-                let mirror = try Mirror(config: config, log: log)
-                mirror.onFatal = { [fatal] why in fatal.update { $0 = why } }
-                try mirror.start()
-                mirrors.append(mirror)
-                log.info("\(config.name): mirroring \(SyncPath.displayString(config.source)) to \(config.target) (delay \(config.delay) s, \(config.maxProcesses) transfer(s) at a time)")
+                mirrors.append(try startMirror(config))
             } catch {
                 log.error("\(config.name): cannot start: \(error)")
                 for m in mirrors { m.stop(grace: 0) }
@@ -69,7 +128,8 @@ public final class Daemon: @unchecked Sendable {
                 log.info("received \(sig == SIGINT ? "SIGINT" : "SIGTERM"), stopping")
                 break loop
             case SIGHUP:
-                log.info("received SIGHUP: reloading the configuration is not available for command-line mirrors; ignored")
+                reloadConfiguration()
+                nextStatus = 0
             default:
                 continue
             }

@@ -1,12 +1,10 @@
 import Glibc
+import Synchronization
 
 /// One mirror at work: a watcher feeding a change queue, and workers moving what is queued
 /// to the target with rsync. Everything shared lives in one `Monitor`.
 public final class Mirror: @unchecked Sendable {
-    public let config: MirrorConfig
     let log: Logger
-    let transport: Transport
-    let rules: RulesEngine
     private(set) var watcher: WatchBackend?
     private var workers: [WorkerThread] = []
     let state: Monitor<State>
@@ -14,11 +12,27 @@ public final class Mirror: @unchecked Sendable {
     /// Called once when the mirror cannot go on (a changed host key): the daemon stops.
     var onFatal: (@Sendable (String) -> Void)?
 
+    /// What a reload may replace. Swapped only while no transfer runs.
+    struct Parts {
+        var config: MirrorConfig
+        var transport: Transport
+        var rules: RulesEngine
+    }
+    private let parts: Mutex<Parts>
+
+    public var config: MirrorConfig { parts.withLock { $0.config } }
+    var transport: Transport { parts.withLock { $0.transport } }
+    var rules: RulesEngine { parts.withLock { $0.rules } }
+
     struct State {
         var queue: ChangeQueue
         var ready: [ChangeQueue.Ticket] = []
         var idle = 0
         var stopping = false
+        /// While a reload swaps the transport, no job starts.
+        var paused = false
+        var desiredWorkers = 1
+        var liveWorkers = 0
         var running: [Int: pid_t] = [:]
         var stats = MirrorStatus.Counters()
         var consecutiveFailures = 0
@@ -30,18 +44,32 @@ public final class Mirror: @unchecked Sendable {
     }
 
     public init(config: MirrorConfig, log: Logger) throws {
-        self.config = config
         self.log = log
-        self.transport = try Transport(config: config)
+        parts = Mutex(Parts(config: config, transport: try Transport(config: config), rules: Self.makeRules(config)))
+        state = Monitor(State(queue: ChangeQueue(policy: Self.policy(config))))
+    }
+
+    static func makeRules(_ config: MirrorConfig) -> RulesEngine {
         var names: [[UInt8]] = config.rulesFile.isEmpty ? [] : [Array(config.rulesFile.utf8)]
         if config.useGitignore { names.append(Array(".gitignore".utf8)) }
-        self.rules = RulesEngine(sourceRoot: config.source, rulesFileNames: names, globalPatterns: config.excludes)
+        // lsyncd's filter rules are rsync's ("- pat" excludes, "+ pat" includes, the first
+        // match wins); gitignore lets the last match win, so they go in reverse order.
+        var patterns = config.excludes
+        for rule in config.filters.reversed() {
+            let t = rule.trimmingLeadingSpaces
+            if t.hasPrefix("- ") { patterns.append(String(t.dropFirst(2))) }
+            else if t.hasPrefix("+ ") { patterns.append("!" + t.dropFirst(2)) }
+        }
+        return RulesEngine(sourceRoot: config.source, rulesFileNames: names, globalPatterns: patterns)
+    }
+
+    static func policy(_ config: MirrorConfig) -> ChangeQueue.Policy {
         var policy = ChangeQueue.Policy()
         policy.delay = config.delay
         policy.maxDelays = config.maxDelays
         policy.openFileInterval = config.openFileInterval
         policy.renamesOnBackup = config.delete.whileRunning
-        state = Monitor(State(queue: ChangeQueue(policy: policy)))
+        return policy
     }
 
     // MARK: Life cycle
@@ -61,9 +89,60 @@ public final class Mirror: @unchecked Sendable {
         } else {
             state.update { $0.initialSyncDone = true }
         }
-        for i in 0..<max(1, config.maxProcesses) {
-            workers.append(WorkerThread(name: "fansync-w\(i)") { [self] in workerLoop() })
+        state.update { $0.desiredWorkers = max(1, config.maxProcesses) }
+        spawnWorkers()
+    }
+
+    /// Starts workers until as many run as the config asks for.
+    private func spawnWorkers() {
+        let missing = state.update { s -> Int in
+            let n = max(0, s.desiredWorkers - s.liveWorkers)
+            s.liveWorkers += n
+            return n
         }
+        for _ in 0..<missing {
+            workers.append(WorkerThread(name: "fansync-worker") { [self] in workerLoop() })
+        }
+    }
+
+    /// Applies a changed config without stopping the watcher or losing queued changes:
+    /// waits for running transfers, swaps transport, rules and queue policy, and queues a
+    /// resync when the excludes or the target changed. Returns false when the change needs a
+    /// new mirror (another source or backend).
+    public func reconfigure(_ new: MirrorConfig) throws -> Bool {
+        let old = config
+        guard new.source == old.source, new.backend == old.backend else { return false }
+        if new == old { return true }
+        let newTransport = try Transport(config: new)
+        state.update { $0.paused = true }
+        let _: Bool = state.wait { s -> (result: Bool?, deadline: Double?) in
+            s.queue.inFlightCount == 0 ? (true, nil) : (nil, monotonicNow() + 0.5)
+        }
+        let rulesChanged = new.excludes != old.excludes || new.filters != old.filters || new.rulesFile != old.rulesFile
+            || new.useGitignore != old.useGitignore
+        let targetChanged = new.target != old.target
+        let oldTransport = parts.withLock { p -> Transport in
+            let t = p.transport
+            p = Parts(config: new, transport: newTransport, rules: rulesChanged ? Self.makeRules(new) : p.rules)
+            return t
+        }
+        oldTransport.close()
+        let now = monotonicNow()
+        state.update { s in
+            s.queue.policy = Self.policy(new)
+            s.desiredWorkers = max(1, new.maxProcesses)
+            if targetChanged {
+                s.initialSyncDone = false
+                s.queue.addTree(.root, initial: true, now: now)
+            } else if rulesChanged {
+                s.queue.addTree(.root, initial: false, now: now)
+            }
+            s.paused = false
+        }
+        if rulesChanged, let ino = watcher as? InotifyWatcher { ino.rewatch(.root) }
+        spawnWorkers()
+        log.info("\(new.name): configuration reloaded\(targetChanged ? "; new target \(new.target), full sync queued" : rulesChanged ? "; excludes changed, resync queued" : "")")
+        return true
     }
 
     struct MirrorError: Error, CustomStringConvertible {
@@ -72,8 +151,11 @@ public final class Mirror: @unchecked Sendable {
     }
 
     private func makeWatcher() throws -> WatchBackend {
-        let rules = self.rules
-        let filter: WatchFilter = { path, isDirectory in !rules.isExcluded(path, isDirectory: isDirectory) }
+        // The filter asks the current rules (a reload may replace them).
+        let filter: WatchFilter = { [weak self] path, isDirectory in
+            guard let self else { return false }
+            return !self.rules.isExcluded(path, isDirectory: isDirectory)
+        }
         let logLine: @Sendable (String) -> Void = { [log] in log.info($0) }
         let deliver: @Sendable ([WatchEvent]) -> Void = { [weak self] events in self?.receive(events) }
         var reasons: [String] = []
@@ -176,7 +258,12 @@ public final class Mirror: @unchecked Sendable {
         while true {
             let ticket: ChangeQueue.Ticket? = state.wait { s in
                 if s.stopping || s.fatal != nil { return (.some(nil), nil) }
+                if s.liveWorkers > s.desiredWorkers {
+                    s.liveWorkers -= 1   // fewer workers after a reload
+                    return (.some(nil), nil)
+                }
                 if !s.ready.isEmpty { return (s.ready.removeFirst(), nil) }
+                if s.paused { return (nil, monotonicNow() + 1) }
                 let now = monotonicNow()
                 var tickets = s.queue.next(now: now, idle: s.idle)
                 if !tickets.isEmpty {
@@ -237,8 +324,9 @@ public final class Mirror: @unchecked Sendable {
     private func record(_ outcome: TransferOutcome, of ticket: ChangeQueue.Ticket, started: Double, now: Double, in s: inout State) {
         let seconds = String(format3(now - started))
         switch outcome {
-        case .done(let files, let bytes):
+        case .done(let files, let bytes, let deleted):
             s.queue.succeeded(ticket)
+            s.stats.deletes += deleted
             s.consecutiveFailures = 0
             s.reachable = true
             s.stats.filesSent += files

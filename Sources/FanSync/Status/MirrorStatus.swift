@@ -7,6 +7,7 @@ public struct MirrorStatus: Sendable, Equatable {
         public var bytesSent: Int64 = 0
         public var batches = 0
         public var renames = 0
+        public var deletes = 0
         public var retries = 0
         public var lastSyncTime: Double? = nil
     }
@@ -40,6 +41,7 @@ public struct MirrorStatus: Sendable, Equatable {
             ("files_sent", .number(Double(counters.filesSent))),
             ("bytes_sent", .number(Double(counters.bytesSent))),
             ("batches", .number(Double(counters.batches))),
+            ("deletes", .number(Double(counters.deletes))),
             ("renames", .number(Double(counters.renames))),
             ("retries", .number(Double(counters.retries))),
             ("last_sync_time", counters.lastSyncTime.map { .number($0.rounded()) } ?? .null),

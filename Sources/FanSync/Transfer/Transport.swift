@@ -2,7 +2,7 @@ import Glibc
 
 /// How a transfer ended, as far as the mirror needs to know.
 public enum TransferOutcome: Sendable, Equatable {
-    case done(files: Int, bytes: Int64)
+    case done(files: Int, bytes: Int64, deleted: Int = 0)
     /// Worth retrying later: the target is unreachable, a disk is full, a file could not be read.
     case failed(String, targetUnreachable: Bool, transient: Bool = false)
     /// Never worth retrying until a person acts (a changed host key).
@@ -256,7 +256,7 @@ public final class Transport: Sendable {
         let stats = RsyncStats(parsing: result.outputText)
         switch result.status {
         case 0, 24:   // 24: some files vanished before they could be sent; their events follow.
-            return .done(files: stats.files, bytes: stats.bytes)
+            return .done(files: stats.files, bytes: stats.bytes, deleted: stats.deleted)
         default:
             return classify(status: result.status, errorText: result.errorText, program: "rsync")
         }
@@ -362,17 +362,20 @@ func makeDirectories(_ path: [UInt8]) -> Bool {
 struct RsyncStats {
     var files = 0
     var bytes: Int64 = 0
+    var deleted = 0
 
     init(parsing text: String) {
         for line in text.split(separator: "\n") {
             if let v = Self.value(line, "Number of regular files transferred:") { files = Int(v) }
             else if let v = Self.value(line, "Total bytes sent:") { bytes = v }
+            else if let v = Self.value(line, "Number of deleted files:") { deleted = Int(v) }
         }
     }
 
     static func value(_ line: Substring, _ prefix: String) -> Int64? {
         guard line.hasPrefix(prefix) else { return nil }
-        let digits = line.dropFirst(prefix.count).filter { $0.isNumber }
+        // "Number of deleted files: 3 (reg: 2, dir: 1)": the first number is the total.
+        let digits = line.dropFirst(prefix.count).drop { $0 == " " }.prefix { $0.isNumber || $0 == "," }.filter { $0 != "," }
         return Int64(digits)
     }
 }

@@ -77,3 +77,7 @@ public func writeOut(_ bytes: [UInt8]) {
         off += w
     }
 }
+
+extension String {
+    var trimmingLeadingSpaces: Substring { drop { $0 == " " || $0 == "\t" } }
+}
