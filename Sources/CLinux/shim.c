@@ -127,3 +127,47 @@ int clinux_spawnattr_setup(posix_spawnattr_t *attr) {
 int clinux_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
 }
+
+#include <sys/prctl.h>
+#include <linux/capability.h>
+
+int clinux_restrict_capabilities(const char *keep_text, int *dropped_bounding) {
+    cap_value_t keep[64];
+    int n = 0;
+    char *copy = strdup(keep_text);
+    if (!copy) { errno = ENOMEM; return -1; }
+    for (char *tok = strtok(copy, ","); tok && n < 64; tok = strtok(NULL, ",")) {
+        cap_value_t v;
+        if (cap_from_name(tok, &v) != 0) { free(copy); errno = EINVAL; return -1; }
+        keep[n++] = v;
+    }
+    free(copy);
+    // The bounding set limits what any program we start (rsync, ssh) can ever get, even as
+    // root: drop everything else from it first (this needs CAP_SETPCAP, dropped after).
+    *dropped_bounding = 0;
+    for (int cap = 0; cap <= CAP_LAST_CAP; cap++) {
+        int wanted = 0;
+        for (int i = 0; i < n; i++) if (keep[i] == cap) wanted = 1;
+        if (wanted || prctl(PR_CAPBSET_READ, cap, 0, 0, 0) != 1) continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0) (*dropped_bounding)++;
+    }
+    cap_t current = cap_get_proc();
+    if (!current) return -1;
+    cap_t caps = cap_init();
+    if (!caps) { cap_free(current); return -1; }
+    // Keep only what we have and want: effective = permitted = wanted ∩ permitted.
+    for (int i = 0; i < n; i++) {
+        cap_flag_value_t has = CAP_CLEAR;
+        cap_get_flag(current, keep[i], CAP_PERMITTED, &has);
+        if (has == CAP_SET) {
+            cap_set_flag(caps, CAP_PERMITTED, 1, &keep[i], CAP_SET);
+            cap_set_flag(caps, CAP_EFFECTIVE, 1, &keep[i], CAP_SET);
+        }
+    }
+    int r = cap_set_proc(caps);
+    int saved = errno;
+    cap_free(caps);
+    cap_free(current);
+    errno = saved;
+    return r;
+}

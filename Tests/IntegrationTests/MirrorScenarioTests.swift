@@ -78,6 +78,17 @@ final class MirrorScenarioTests: XCTestCase {
         rmdir(src + "/empty/dir")
         waitConverged(src, dst, daemon: daemon)
 
+        // A hard link, and a file written but not closed (a log appended for days): synced
+        // within the open-file interval while the writer still holds it open.
+        XCTAssertEqual(link(src + "/code/pkg/mod.py", src + "/hardlink.py"), 0)
+        let logFD = open(src + "/train.log", O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        XCTAssertGreaterThanOrEqual(logFD, 0)
+        defer { close(logFD) }
+        _ = "epoch 1\n".withCString { write(logFD, $0, strlen($0)) }
+        waitConverged(src, dst, daemon: daemon)
+        _ = "epoch 2\n".withCString { write(logFD, $0, strlen($0)) }
+        waitConverged(src, dst, daemon: daemon)
+
         // A directory of many files renamed: one rename on the backup, not a resend.
         mkdirs(src, "data/shard")
         for i in 0..<1000 { writeFile(src, "data/shard/f\(i).bin", String(repeating: "x", count: i)) }
@@ -220,5 +231,32 @@ final class MirrorScenarioTests: XCTestCase {
         writeFile(src, "b.txt", "queued while failing\n")
         mkdirs(work, "later/backup")
         waitConverged(src, dst, daemon: daemon, timeout: 40)
+    }
+}
+
+final class DaemonPrivilegeTests: XCTestCase {
+    /// Running as root, the daemon keeps only the capabilities it needs, and so do the
+    /// rsync and ssh it starts (bounding set).
+    func testKeepsOnlyNeededCapabilities() throws {
+        guard geteuid() == 0 else { throw XCTSkip("needs root") }
+        let work = Harness.tempDirectory("caps")
+        defer { Harness.removeTree(work) }
+        let src = work + "/src"
+        mkdir(src, 0o755)
+        writeFile(src, "a", "a")
+        let daemon = try DaemonProcess(arguments: [src, work + "/dst"], workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp()
+        let status = try String(contentsOfFile: "/proc/\(daemon.pid)/status", encoding: .utf8)
+        func mask(_ key: String) -> UInt64 {
+            let line = status.split(separator: "\n").first { $0.hasPrefix(key + ":") }!
+            return UInt64(line.split(separator: "\t").last!.trimmingCharacters(in: .whitespaces), radix: 16)!
+        }
+        let sysAdmin: UInt64 = 1 << 21, netAdmin: UInt64 = 1 << 12, sysModule: UInt64 = 1 << 16, setuid: UInt64 = 1 << 7
+        for key in ["CapEff", "CapBnd"] {
+            XCTAssertNotEqual(mask(key) & sysAdmin, 0, "\(key) lacks CAP_SYS_ADMIN")
+            XCTAssertEqual(mask(key) & (netAdmin | sysModule | setuid), 0, "\(key) keeps capabilities it does not need")
+        }
+        XCTAssertTrue(daemon.log.contains("capabilities: keeping"), daemon.log)
     }
 }

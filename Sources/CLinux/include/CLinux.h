@@ -46,6 +46,9 @@ int clinux_has_capability(const char *cap_name);
 
 // posix_spawn helpers: make the child the leader of its own process group, and reset signals.
 int clinux_spawnattr_setup(posix_spawnattr_t *attr);
+// Keeps only the named capabilities (comma-separated) in the effective, permitted and
+// bounding sets; *dropped_bounding counts what left the bounding set. 0 or -1 with errno.
+int clinux_restrict_capabilities(const char *keep_text, int *dropped_bounding);
 // pipe2(fds, O_CLOEXEC).
 int clinux_pipe_cloexec(int fds[2]);
 

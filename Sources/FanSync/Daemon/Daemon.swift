@@ -92,6 +92,8 @@ public final class Daemon: @unchecked Sendable {
         // Transfers read at idle I/O priority (inherited by rsync) so training never waits.
         _ = clinux_set_idle_io_priority()
 
+        restrictCapabilities()
+
         if let pidFile = settings.pidFile {
             do { try writeFileAtomically(pidFile, "\(getpid())\n") } catch { log.error("\(error)"); return 1 }
         }
@@ -138,6 +140,23 @@ public final class Daemon: @unchecked Sendable {
         writeStatus(stopped: true)
         log.info("stopped")
         return exitCode
+    }
+
+    /// What the daemon and the rsync and ssh it starts may need, and nothing else:
+    /// fanotify marks and xattrs (sys_admin), reading any file and open_by_handle_at
+    /// (dac_read_search), writing a local backup as its owners had it (dac_override, chown,
+    /// fowner, fsetid, mknod for device files).
+    static let keptCapabilities = ["cap_sys_admin", "cap_dac_read_search", "cap_dac_override", "cap_chown",
+                                   "cap_fowner", "cap_fsetid", "cap_mknod"]
+
+    func restrictCapabilities() {
+        guard geteuid() == 0 else { return }
+        var dropped: Int32 = 0
+        if clinux_restrict_capabilities(Self.keptCapabilities.joined(separator: ","), &dropped) != 0 {
+            log.warning("cannot drop capabilities: \(String(cString: strerror(errno))); running with those it has")
+        } else {
+            log.info("capabilities: keeping \(Self.keptCapabilities.joined(separator: ", ")) (\(dropped) dropped from the bounding set)")
+        }
     }
 
     func statusJSON(stopped: Bool = false) -> JSON {
