@@ -53,6 +53,38 @@ final class ConfigAndRulesTests: XCTestCase {
         XCTAssertTrue(log.contains("initial sync ended"), "the logfile has timestamped lines: \(log)")
     }
 
+    /// One source to two targets with different excludes: one watcher, each mirror its own rules.
+    func testSameSourceSharesOneWatcher() throws {
+        let work = Harness.tempDirectory("shared")
+        defer { Harness.removeTree(work) }
+        let src = work + "/src", d1 = work + "/d1", d2 = work + "/d2"
+        mkdir(src, 0o755)
+        let config = """
+        sync { default.rsync, source = \(luaString(src)), target = \(luaString(d1)), delay = 0, exclude = { "*.log" } }
+        sync { default.rsync, source = \(luaString(src)), target = \(luaString(d2)), delay = 0, exclude = { "cache/" } }
+        """
+        try config.write(toFile: work + "/c.lua", atomically: true, encoding: .utf8)
+        let daemon = try DaemonProcess(arguments: ["--config", work + "/c.lua"], workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp()
+        XCTAssertTrue(daemon.log.contains("shared with another mirror"), daemon.log)
+        mkdirs(src, "cache")
+        writeFile(src, "cache/blob", "c")
+        writeFile(src, "run.log", "l")
+        writeFile(src, "code.py", "p")
+        let deadline = Date().addingTimeInterval(20)
+        while !(FileManager.default.fileExists(atPath: d1 + "/cache/blob") && FileManager.default.fileExists(atPath: d2 + "/run.log")) && Date() < deadline {
+            usleep(50_000)
+        }
+        daemon.waitCaughtUp()
+        XCTAssertTrue(FileManager.default.fileExists(atPath: d1 + "/code.py"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: d2 + "/code.py"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: d1 + "/cache/blob"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: d2 + "/run.log"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: d1 + "/run.log"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: d2 + "/cache"))
+    }
+
     /// The seed document's config, with only host and paths changed, mirrors to sshd.
     func testSeedConfigRuns() throws {
         let server = try SSHServer()

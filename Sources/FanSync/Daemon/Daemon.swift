@@ -10,6 +10,7 @@ public final class Daemon: @unchecked Sendable {
     let log: Logger
     private(set) var mirrors: [Mirror] = []
     private let fatal = Monitor<String?>(nil)
+    private lazy var registry = WatcherRegistry(log: log)
     let startedAt = wallNow()
     /// Loads the configuration again (SIGHUP); nil when there is no config file.
     let reload: (() throws -> (DaemonSettings, [MirrorConfig]))?
@@ -23,7 +24,7 @@ public final class Daemon: @unchecked Sendable {
     }
 
     private func startMirror(_ config: MirrorConfig) throws -> Mirror {
-        let mirror = try Mirror(config: config, log: log)
+        let mirror = try Mirror(config: config, log: log, registry: registry)
         mirror.onFatal = { [fatal] why in fatal.update { $0 = why } }
         try mirror.start()
         log.info("\(config.name): mirroring \(SyncPath.displayString(config.source)) to \(config.target) (delay \(config.delay) s, \(config.maxProcesses) transfer(s) at a time)")

@@ -6,6 +6,8 @@ import Synchronization
 public final class Mirror: @unchecked Sendable {
     let log: Logger
     private(set) var watcher: WatchBackend?
+    private var subscription: WatcherRegistry.Subscription?
+    private let registry: WatcherRegistry
     private var workers: [WorkerThread] = []
     let state: Monitor<State>
     let startedAt = wallNow()
@@ -43,8 +45,9 @@ public final class Mirror: @unchecked Sendable {
         var initialSyncDone = false
     }
 
-    public init(config: MirrorConfig, log: Logger) throws {
+    public init(config: MirrorConfig, log: Logger, registry: WatcherRegistry? = nil) throws {
         self.log = log
+        self.registry = registry ?? WatcherRegistry(log: log)
         parts = Mutex(Parts(config: config, transport: try Transport(config: config), rules: Self.makeRules(config)))
         state = Monitor(State(queue: ChangeQueue(policy: Self.policy(config))))
     }
@@ -81,8 +84,9 @@ public final class Mirror: @unchecked Sendable {
         guard withCPath(config.source, { stat($0, &st) }) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
             throw MirrorError("source \(SyncPath.displayString(config.source)) is not a directory")
         }
-        let watcher = try makeWatcher()
-        self.watcher = watcher
+        let sub = try subscribe(registry)
+        subscription = sub
+        watcher = sub.backend
         let now = monotonicNow()
         if config.initialSync {
             state.update { $0.queue.addTree(.root, initial: true, now: now) }
@@ -150,37 +154,24 @@ public final class Mirror: @unchecked Sendable {
         init(_ d: String) { description = d }
     }
 
-    private func makeWatcher() throws -> WatchBackend {
+    private func subscribe(_ registry: WatcherRegistry) throws -> WatcherRegistry.Subscription {
+        let config = self.config
         // The filter asks the current rules (a reload may replace them).
         let filter: WatchFilter = { [weak self] path, isDirectory in
             guard let self else { return false }
             return !self.rules.isExcluded(path, isDirectory: isDirectory)
         }
-        let logLine: @Sendable (String) -> Void = { [log] in log.info($0) }
         let deliver: @Sendable ([WatchEvent]) -> Void = { [weak self] events in self?.receive(events) }
-        var reasons: [String] = []
-        if config.backend != .inotify {
-            let fan = FanotifyWatcher(sourceRoot: config.source, filter: filter, log: logLine)
-            do {
-                try fan.start(deliver: deliver)
-                log.info("\(config.name): watching \(SyncPath.displayString(config.source)) with fanotify (\(fan.watchedDescription.joined(separator: "; ")))")
-                return fan
-            } catch {
-                if config.backend == .fanotify { throw MirrorError("fanotify cannot watch \(SyncPath.displayString(config.source)): \(error)") }
-                reasons.append("\(error)")
-            }
-        }
-        let ino = InotifyWatcher(sourceRoot: config.source, filter: filter, log: logLine)
-        try ino.start(deliver: deliver)
-        let why = config.backend == .inotify ? "--backend inotify" : "fanotify unavailable: \(reasons.joined(separator: "; "))"
-        log.info("\(config.name): watching \(SyncPath.displayString(config.source)) with inotify (\(why); \(ino.watchedDescription.joined(separator: "; ")))")
-        return ino
+        let sub = try registry.subscribe(source: config.source, backend: config.backend, name: config.name, filter: filter, deliver: deliver)
+        log.info("\(config.name): watching \(SyncPath.displayString(config.source)) with \(sub.backend.name) (\(sub.reason); \(sub.backend.watchedDescription.joined(separator: "; ")))")
+        return sub
     }
 
     /// Stops watching and sending. In-flight transfers get `grace` seconds to finish, then are
     /// stopped (rsync removes its temporary file: the backup never shows a partial file).
     public func stop(grace: Double = 10) {
-        watcher?.stop()
+        if let subscription { registry.unsubscribe(subscription) }
+        subscription = nil
         let deadline = monotonicNow() + grace
         state.update { $0.stopping = true }
         let drained: Bool = state.wait { s in
@@ -203,14 +194,18 @@ public final class Mirror: @unchecked Sendable {
     func receive(_ events: [WatchEvent]) {
         var accepted: [WatchEvent] = []
         accepted.reserveCapacity(events.count)
+        let shared = subscription.map { !$0.started } ?? false || registry.isShared(config.source)
         for event in events {
             switch event {
             case .changed(let p, let isDirectory, let created, _):
                 if isDirectory && created { rules.rulesChanged(in: p) }
+                // A shared watcher passes what any of its mirrors wants: apply our own rules.
+                if shared && rules.isExcluded(p, isDirectory: isDirectory) { continue }
                 if rules.isRulesFileName(p.name) { rulesFileChanged(in: p.parent, into: &accepted) }
                 accepted.append(event)
             case .removed(let p, let isDirectory):
                 if isDirectory { rules.rulesChanged(in: p) }
+                if shared && rules.isExcluded(p, isDirectory: isDirectory) { continue }
                 if rules.isRulesFileName(p.name) { rulesFileChanged(in: p.parent, into: &accepted) }
                 accepted.append(event)
             case .renamed(let from, let to, let isDirectory):
@@ -233,6 +228,7 @@ public final class Mirror: @unchecked Sendable {
                 }
             case .rescan(let p):
                 rules.rulesChanged(in: p)
+                if shared && !p.isRoot && rules.isExcluded(p, isDirectory: true) { continue }
                 accepted.append(event)
             }
         }
