@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import Synchronization
 
 public let fansyncVersion = "0.1.0"
 
@@ -10,6 +11,8 @@ public final class Daemon: @unchecked Sendable {
     let log: Logger
     private(set) var mirrors: [Mirror] = []
     private let fatal = Monitor<String?>(nil)
+    /// Set by a mirror when something worth reporting happened (a transfer ended).
+    private let dirty = Monitor<Bool>(false)
     private lazy var registry = WatcherRegistry(log: log)
     let startedAt = wallNow()
     /// Loads the configuration again (SIGHUP); nil when there is no config file.
@@ -26,6 +29,7 @@ public final class Daemon: @unchecked Sendable {
     private func startMirror(_ config: MirrorConfig) throws -> Mirror {
         let mirror = try Mirror(config: config, log: log, registry: registry)
         mirror.onFatal = { [fatal] why in fatal.update { $0 = why } }
+        mirror.onStateChange = { [dirty] in dirty.withLock { $0 = true } }
         try mirror.start()
         log.info("\(config.name): mirroring \(SyncPath.displayString(config.source)) to \(config.target) (delay \(config.delay) s, \(config.maxProcesses) transfer(s) at a time)")
         return mirror
@@ -112,10 +116,14 @@ public final class Daemon: @unchecked Sendable {
 
         var exitCode: Int32 = 0
         var nextStatus = 0.0
+        var lastStatus = 0.0
         loop: while true {
             let now = monotonicNow()
-            if now >= nextStatus {
+            // Every statusInterval, and soon after each state change (at most 10 times a second).
+            if now >= nextStatus || (dirty.withLock({ $0 }) && now >= lastStatus + 0.1) {
+                dirty.withLock { $0 = false }
                 writeStatus()
+                lastStatus = now
                 nextStatus = now + max(0.1, settings.statusInterval)
             }
             if let why = fatal.withLock({ $0 }) {
@@ -123,7 +131,7 @@ public final class Daemon: @unchecked Sendable {
                 exitCode = 1
                 break
             }
-            var timeout = timespec(tv_sec: 0, tv_nsec: 200_000_000)
+            var timeout = timespec(tv_sec: 0, tv_nsec: 100_000_000)
             var info = siginfo_t()
             let sig = sigtimedwait(&set, &info, &timeout)
             switch sig {

@@ -13,6 +13,8 @@ public final class Mirror: @unchecked Sendable {
     let startedAt = wallNow()
     /// Called once when the mirror cannot go on (a changed host key): the daemon stops.
     var onFatal: (@Sendable (String) -> Void)?
+    /// Called after every transfer (the status file is rewritten soon after).
+    var onStateChange: (@Sendable () -> Void)?
 
     /// What a reload may replace. Swapped only while no transfer runs.
     struct Parts {
@@ -48,8 +50,16 @@ public final class Mirror: @unchecked Sendable {
     public init(config: MirrorConfig, log: Logger, registry: WatcherRegistry? = nil) throws {
         self.log = log
         self.registry = registry ?? WatcherRegistry(log: log)
-        parts = Mutex(Parts(config: config, transport: try Transport(config: config), rules: Self.makeRules(config)))
+        parts = Mutex(Parts(config: config, transport: try Transport(config: config), rules: Self.makeRules(config, log: log)))
         state = Monitor(State(queue: ChangeQueue(policy: Self.policy(config))))
+    }
+
+    /// The rules engine, with malformed rules lines logged (file and line), never fatal.
+    static func makeRules(_ config: MirrorConfig, log: Logger) -> RulesEngine {
+        let rules = makeRules(config)
+        let name = config.name
+        rules.warningHandler = { warning in log.warning("\(name): rules: \(warning)") }
+        return rules
     }
 
     static func makeRules(_ config: MirrorConfig) -> RulesEngine {
@@ -127,7 +137,7 @@ public final class Mirror: @unchecked Sendable {
         let targetChanged = new.target != old.target
         let oldTransport = parts.withLock { p -> Transport in
             let t = p.transport
-            p = Parts(config: new, transport: newTransport, rules: rulesChanged ? Self.makeRules(new) : p.rules)
+            p = Parts(config: new, transport: newTransport, rules: rulesChanged ? Self.makeRules(new, log: log) : p.rules)
             return t
         }
         oldTransport.close()
@@ -279,6 +289,7 @@ public final class Mirror: @unchecked Sendable {
                 s.running[ticket.id] = nil
                 record(outcome, of: ticket, started: started, now: now, in: &s)
             }
+            onStateChange?()
         }
         state.update { $0.idle -= 1 }
     }
