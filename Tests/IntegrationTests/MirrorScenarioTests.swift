@@ -260,3 +260,34 @@ final class DaemonPrivilegeTests: XCTestCase {
         XCTAssertTrue(daemon.log.contains("capabilities: keeping"), daemon.log)
     }
 }
+
+final class StopTests: XCTestCase {
+    /// SIGTERM while a large file is being sent: the daemon stops (after its grace period)
+    /// and the backup holds no partial file, neither under its name nor as rsync's temporary.
+    func testStopDuringTransferLeavesNoPartialFile() throws {
+        let work = Harness.tempDirectory("stop")
+        defer { Harness.removeTree(work) }
+        let src = work + "/src", dst = work + "/dst"
+        mkdir(src, 0o755)
+        let daemon = try DaemonProcess(arguments: [src, dst, "--bwlimit", "2000"], workDir: work)
+        daemon.waitCaughtUp()
+        var big = [UInt8](repeating: 0, count: 64 << 20)
+        for i in stride(from: 0, to: big.count, by: 4096) { big[i] = UInt8(truncatingIfNeeded: i >> 12) }
+        XCTAssertTrue(writeFile(Array((src + "/checkpoint.pt").utf8), big))
+        // Wait until rsync has started writing its temporary file on the backup.
+        let deadline = Date().addingTimeInterval(20)
+        var sawTemp = false
+        while Date() < deadline && !sawTemp {
+            sawTemp = ((try? FileManager.default.contentsOfDirectory(atPath: dst)) ?? []).contains { $0.hasPrefix(".checkpoint.pt.") }
+            usleep(20_000)
+        }
+        XCTAssertTrue(sawTemp, "no transfer in progress: \(daemon.log)")
+        daemon.stop()
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: dst)) ?? []
+        XCTAssertFalse(left.contains { $0.hasPrefix(".checkpoint.pt.") }, "rsync's temporary file was left: \(left)")
+        if left.contains("checkpoint.pt") {
+            XCTAssertEqual(readBytes(Array((dst + "/checkpoint.pt").utf8)), big, "a partial file appeared under the real name")
+        }
+        XCTAssertTrue(daemon.log.contains("stopping 1 transfer"), daemon.log)
+    }
+}

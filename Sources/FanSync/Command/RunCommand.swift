@@ -209,18 +209,10 @@ public enum RunCommand {
 
 /// Lines of a pattern file (excludeFrom), without blank lines; errors name the file.
 func readPatternFile(_ path: String) throws -> [String] {
-    guard let f = fopen(path, "r") else {
+    guard let text = readTextFile(path) else {
         throw ArgumentReader.UsageError("cannot read \(path): \(String(cString: strerror(errno)))")
     }
-    defer { fclose(f) }
-    var data: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&buf, 1, buf.count, f)
-        if n <= 0 { break }
-        data += buf[0..<n]
-    }
-    return String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true)
+    return text.split(separator: "\n", omittingEmptySubsequences: true)
         .map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
         .filter { !$0.isEmpty }
 }
