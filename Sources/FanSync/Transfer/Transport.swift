@@ -281,7 +281,9 @@ public final class Transport: Sendable {
     }
 
     static let racePhrases = ["file has vanished", "read errors mapping", "some files/attrs were not transferred",
-                              "some files vanished before they could be transferred", "failed verification -- update discarded"]
+                              "some files vanished before they could be transferred", "failed verification -- update discarded",
+                              // A parent turned into a file after the batch was prepared.
+                              "failed: Not a directory (20)"]
 
     /// Renames on the backup. `.done` when renamed; `.failed` with targetUnreachable=false when
     /// the backup cannot rename (it lacks `from`, or `to` is a non-empty directory): the caller
