@@ -291,3 +291,44 @@ final class StopTests: XCTestCase {
         XCTAssertTrue(daemon.log.contains("stopping 1 transfer"), daemon.log)
     }
 }
+
+final class SourceSafetyTests: XCTestCase {
+    override func setUp() { continueAfterFailure = false }
+
+    /// A source that is a mount point, unmounted under the running daemon: the empty
+    /// directory underneath is not mirrored, nothing is deleted on the backup.
+    func testUnmountedSourceDeletesNothing() throws {
+        try unmounted(backend: "fanotify")
+        try unmounted(backend: "inotify")
+    }
+
+    func unmounted(backend: String) throws {
+        guard geteuid() == 0 else { throw XCTSkip("needs root to mount a tmpfs") }
+        let work = Harness.tempDirectory("umount")
+        defer { Harness.removeTree(work) }
+        let src = work + "/src", dst = work + "/dst"
+        mkdir(src, 0o755)
+        let m = try Subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", src])
+        guard m.status == 0 else { throw XCTSkip("cannot mount tmpfs: \(m.errorText)") }
+        var mounted = true
+        defer { if mounted { _ = try? Subprocess.run(["umount", "-l", src]) } }
+        mkdirs(src, "data")
+        for i in 0..<20 { writeFile(src, "data/f\(i)", "precious \(i)") }
+        let daemon = try DaemonProcess(arguments: [src, dst, "--backend", backend], workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp()
+        waitConverged(src, dst, daemon: daemon)
+        XCTAssertEqual(try Subprocess.run(["umount", src]).status, 0)
+        mounted = false
+        // Something changes on the directory left behind: the daemon must not mirror it.
+        writeFile(src, "stray", "x")
+        let deadline = Date().addingTimeInterval(4)
+        while Date() < deadline { usleep(100_000) }
+        for i in 0..<20 {
+            XCTAssertEqual(readBytes(Array("\(dst)/data/f\(i)".utf8)), Array("precious \(i)".utf8), "\(backend): backup lost data/f\(i)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dst + "/stray"))
+        XCTAssertTrue(daemon.log.contains("not the directory the mirror started on") || daemon.log.contains("unmounted"),
+                      "\(backend): the log says why nothing is sent:\n\(daemon.log)")
+    }
+}

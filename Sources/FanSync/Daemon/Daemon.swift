@@ -122,6 +122,7 @@ public final class Daemon: @unchecked Sendable {
             // Every statusInterval, and soon after each state change (at most 10 times a second).
             if now >= nextStatus || (dirty.withLock({ $0 }) && now >= lastStatus + 0.1) {
                 dirty.withLock { $0 = false }
+                for m in mirrors { m.checkSourceRoot() }
                 writeStatus()
                 lastStatus = now
                 nextStatus = now + max(0.1, settings.statusInterval)

@@ -23,6 +23,9 @@ public final class Mirror: @unchecked Sendable {
         var rules: RulesEngine
     }
     private let parts: Mutex<Parts>
+    /// Device and inode of the source root at start: a root that vanished, was replaced or
+    /// was unmounted is not a reason to delete the backup.
+    private let sourceIdentity = Mutex<(dev: UInt64, ino: UInt64)>((0, 0))
 
     public var config: MirrorConfig { parts.withLock { $0.config } }
     var transport: Transport { parts.withLock { $0.transport } }
@@ -45,6 +48,7 @@ public final class Mirror: @unchecked Sendable {
         var lastErrorTime: Double? = nil
         var fatal: String? = nil
         var initialSyncDone = false
+        var sourceProblem: String? = nil
     }
 
     public init(config: MirrorConfig, log: Logger, registry: WatcherRegistry? = nil) throws {
@@ -94,6 +98,7 @@ public final class Mirror: @unchecked Sendable {
         guard withCPath(config.source, { stat($0, &st) }) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
             throw MirrorError("source \(SyncPath.displayString(config.source)) is not a directory")
         }
+        sourceIdentity.withLock { $0 = (UInt64(st.st_dev), UInt64(st.st_ino)) }
         let sub = try subscribe(registry)
         subscription = sub
         watcher = sub.backend
@@ -298,7 +303,38 @@ public final class Mirror: @unchecked Sendable {
         { [state] pid in state.withLock { $0.running[ticket.id] = pid } }
     }
 
+    /// Nil when the source root is the directory the mirror started on; else why not.
+    func sourceRootProblem() -> String? {
+        var st = stat()
+        let source = SyncPath.displayString(config.source)
+        guard withCPath(config.source, { stat($0, &st) }) == 0 else {
+            return "the source root \(source) is gone (\(String(cString: strerror(errno)))); nothing is sent or deleted until it is back"
+        }
+        let (dev, ino) = sourceIdentity.withLock { $0 }
+        if UInt64(st.st_dev) != dev || UInt64(st.st_ino) != ino {
+            return "the source root \(source) is not the directory the mirror started on (unmounted or replaced); nothing is sent or deleted until it is back or fansync restarts"
+        }
+        return nil
+    }
+
+    /// Called about once a second: says once when the source root goes away (an unmount
+    /// that no event reports) and once when it is back.
+    func checkSourceRoot() {
+        let problem = sourceRootProblem()
+        let changed = state.update { s -> Bool in
+            guard s.sourceProblem != problem else { return false }
+            s.sourceProblem = problem
+            if let problem { s.lastError = problem; s.lastErrorTime = wallNow() }
+            return true
+        }
+        guard changed else { return }
+        if let problem { log.error("\(config.name): \(problem)") } else { log.info("\(config.name): the source root is back") }
+    }
+
     private func run(_ ticket: ChangeQueue.Ticket) -> TransferOutcome {
+        if let problem = sourceRootProblem() {
+            return .failed(problem, targetUnreachable: false)
+        }
         switch ticket.job {
         case .sync(let paths):
             return transport.sync(paths, deletes: config.delete.whileRunning, onStart: onStart(ticket))
