@@ -291,12 +291,18 @@ public final class Index {
         return try stmt.step() ? Self.entry(stmt, includeChunks: true) : nil
     }
 
-    /// Paths whose content hash is `hash`, in path order (at most `limit`).
-    public func paths(withHash hash: Hash128, limit: Int = 100) throws(SQLiteError) -> [SyncPath] {
-        let stmt = try statement("SELECT path FROM entries WHERE whole_hash = ?1 ORDER BY path LIMIT ?2")
+    /// Paths whose content hash is `hash`, in path order (at most `limit`); only entries
+    /// of `kind` when given, only those the backup acknowledged with `ackedOnly`.
+    public func paths(withHash hash: Hash128, kind: FileKind? = nil, ackedOnly: Bool = false, limit: Int = 100) throws(SQLiteError) -> [SyncPath] {
+        let stmt = try statement("""
+            SELECT path FROM entries WHERE whole_hash = ?1 AND (?2 IS NULL OR type = ?2) AND (?3 = 0 OR acked = 1)
+            ORDER BY path LIMIT ?4
+            """)
         defer { stmt.reset() }
         stmt.bind(1, hash.bytes)
-        stmt.bind(2, Int64(limit))
+        if let kind { stmt.bind(2, Int64(kind.rawValue)) } else { stmt.bindNull(2) }
+        stmt.bind(3, ackedOnly ? 1 : 0)
+        stmt.bind(4, Int64(limit))
         var out: [SyncPath] = []
         while try stmt.step() { out.append(IndexKey.decode(stmt.blob(0) ?? [])) }
         return out
