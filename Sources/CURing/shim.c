@@ -63,12 +63,13 @@ int curing_prep_openat(struct io_uring *ring, uint64_t user_data, int dirfd, con
 }
 
 int curing_prep_read(struct io_uring *ring, uint64_t user_data, int fd, void *buf, unsigned len,
-                     uint64_t offset, int buf_index, uint16_t ioprio) {
+                     uint64_t offset, int buf_index, uint16_t ioprio, int punt) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     if (!sqe) return -EBUSY;
     if (buf_index >= 0) io_uring_prep_read_fixed(sqe, fd, buf, len, offset, buf_index);
     else io_uring_prep_read(sqe, fd, buf, len, offset);
     sqe->ioprio = ioprio;
+    if (punt) sqe->flags |= IOSQE_ASYNC;
     io_uring_sqe_set_data64(sqe, user_data);
     return 0;
 }

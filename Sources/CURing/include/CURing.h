@@ -30,8 +30,10 @@ int curing_prep_statx(struct io_uring *ring, uint64_t user_data, int dirfd, cons
                       int flags, unsigned mask, struct statx *out);
 int curing_prep_openat(struct io_uring *ring, uint64_t user_data, int dirfd, const char *path,
                        int flags, mode_t mode);
+// `punt`: IOSQE_ASYNC, run the read (the copy out of the page cache) on an io-wq worker
+// instead of inline in the submitting thread.
 int curing_prep_read(struct io_uring *ring, uint64_t user_data, int fd, void *buf, unsigned len,
-                     uint64_t offset, int buf_index, uint16_t ioprio);
+                     uint64_t offset, int buf_index, uint16_t ioprio, int punt);
 int curing_prep_close(struct io_uring *ring, uint64_t user_data, int fd);
 
 // Submits what was prepared and waits for at least `wait_nr` completions.

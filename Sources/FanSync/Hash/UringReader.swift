@@ -28,6 +28,9 @@ public final class UringReader: FileHasher {
     public let bufferCount: Int
     public let slotCount: Int
     public let maxReadsPerFile: Int
+    /// Reads of files larger than one buffer go to io-wq workers (IOSQE_ASYNC), so the
+    /// copy out of the page cache runs on another core while this thread hashes.
+    public let asyncReads: Bool
     /// True when the buffers are registered with the ring (`READ_FIXED`); false when
     /// registering was refused (RLIMIT_MEMLOCK) and plain `READ` is used.
     public let fixedBuffers: Bool
@@ -68,13 +71,14 @@ public final class UringReader: FileHasher {
     }
 
     /// - Parameters:
-    ///   - bufferSize: bytes per read; 1 MiB by default (see Perf/hash/README.md).
+    ///   - bufferSize: bytes per read; 512 KiB by default (see Perf/hash/README.md).
     ///   - bufferCount: reads in flight at most (and `bufferCount * bufferSize` bytes of
-    ///     buffer memory: 16 MiB by default, within the daemon's memory budget).
+    ///     buffer memory: 8 MiB by default, within the daemon's memory budget).
     ///   - slotCount: files in progress at most (their `statx`/`openat` in flight).
     /// - Throws: `HashBackendError` when io_uring cannot be set up: use `PlainReader`.
-    public init(chunkSize: Int = ContentHash.defaultChunkSize, bufferSize: Int = 1 << 20,
-                bufferCount: Int = 16, slotCount: Int = 64, maxReadsPerFile: Int = 8) throws(HashBackendError) {
+    public init(chunkSize: Int = ContentHash.defaultChunkSize, bufferSize: Int = 512 << 10,
+                bufferCount: Int = 16, slotCount: Int = 64, maxReadsPerFile: Int = 8,
+                asyncReads: Bool = true) throws(HashBackendError) {
         precondition(bufferSize > 0 && bufferSize <= Int(Int32.max) && bufferCount > 0 && bufferCount < 1 << 24)
         precondition(slotCount > 0 && maxReadsPerFile > 0)
         let entries = UInt32(max(64, (slotCount + bufferCount)).nextPowerOf2)
@@ -87,6 +91,7 @@ public final class UringReader: FileHasher {
         self.bufferCount = bufferCount
         self.slotCount = slotCount
         self.maxReadsPerFile = maxReadsPerFile
+        self.asyncReads = asyncReads
         var memory: UnsafeMutableRawPointer?
         guard posix_memalign(&memory, 4096, bufferSize * bufferCount) == 0, let memory else {
             curing_ring_destroy(ring)
@@ -122,7 +127,9 @@ public final class UringReader: FileHasher {
             }
             issueReads(results: &results, finished: &finished)
             if inFlight == 0 { continue }
-            let rc = curing_submit_and_wait(ring, 1)
+            // Wait for half of what is in flight: fewer wake-ups than one at a time, and
+            // everything in flight completes without this thread's help.
+            let rc = curing_submit_and_wait(ring, UInt32(max(1, inFlight / 2)))
             if rc < 0 && rc != -EBUSY && rc != -EAGAIN {
                 // The ring itself failed: nothing more can complete through it.
                 fatalError("io_uring_submit_and_wait: \(String(cString: strerror(-rc)))")
@@ -176,8 +183,9 @@ public final class UringReader: FileHasher {
         let fd = slots[s].fd
         let address = buffers + read.buffer * bufferSize
         let index = fixedBuffers ? Int32(read.buffer) : -1
+        let punt = asyncReads && slots[s].before!.size > UInt64(bufferSize)
         submitting {
-            curing_prep_read(ring, tag(s, .read, buffer: read.buffer), fd, address, UInt32(read.length), read.offset, index, curing_ioprio_idle)
+            curing_prep_read(ring, tag(s, .read, buffer: read.buffer), fd, address, UInt32(read.length), read.offset, index, curing_ioprio_idle, punt ? 1 : 0)
         }
         slots[s].pendingOps += 1
     }
