@@ -186,6 +186,42 @@ final class HashReaderTests: XCTestCase {
         XCTAssertNil(ContentHash.chunks(fromBytes: [1]))
     }
 
+    func testFileEndingBeforeItsSizeIsReportedAsChanged() throws {
+        // sysfs reports 4096 bytes for a file of a few bytes: to the readers this is a file
+        // that shrank between statx and read. Both must refuse to give it a hash.
+        let sys = Array("/sys/devices/system/cpu/online".utf8)
+        guard case .success(let s) = HashIO.statPath(sys), s.kind == .regular, s.size == 4096 else {
+            throw XCTSkip("no sysfs file with a fixed 4096-byte size here")
+        }
+        for hasher in [try UringReader() as FileHasher, PlainReader()] {
+            guard case .failure(let e) = hasher.hash([sys])[0] else { return XCTFail("\(hasher.backendName) hashed it") }
+            XCTAssertEqual(e.operation, .changedWhileReading, hasher.backendName)
+            XCTAssertTrue(e.description.contains("again"), e.description)
+        }
+    }
+
+    func testRingThatCannotBeCreatedFallsBackToPlainReads() async throws {
+        // More entries than io_uring allows (32768): io_uring_queue_init fails with EINVAL.
+        XCTAssertThrowsError(try UringReader(slotCount: 70_000)) { error in
+            XCTAssertEqual((error as? HashBackendError)?.errno, EINVAL)
+            XCTAssertTrue("\(error)".contains("io_uring_queue_init"), "\(error)")
+        }
+        let failing: @Sendable () throws(HashBackendError) -> UringReader = { () throws(HashBackendError) in
+            try UringReader(slotCount: 70_000)
+        }
+        let service = try HashService(chunkSize: 1 << 20, backend: .automatic, makeUring: failing)
+        XCTAssertEqual(service.backendName, "read")
+        XCTAssertNotNil(service.fallbackReason)
+        let p = path("fallback")
+        try RulesTestSupport.writeFile(p, Array("x".utf8))
+        let r = await service.hash([p])
+        XCTAssertEqual(try r[0].get().content?.whole, Hash128.of(Array("x".utf8)))
+        service.shutdown()
+        XCTAssertThrowsError(try HashService(chunkSize: 1 << 20, backend: .uring, makeUring: failing))
+        // After shutdown, requests are answered with ECANCELED rather than left hanging.
+        XCTAssertEqual(service.hashBlocking([p]).map { (try? $0.get()) == nil }, [true])
+    }
+
     func testServiceHashesOnItsOwnThread() async throws {
         let p = path("svc")
         try RulesTestSupport.writeFile(p, Array("service".utf8))

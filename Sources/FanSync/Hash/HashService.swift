@@ -34,7 +34,15 @@ public final class HashService: Sendable {
     /// False when the kernel refused idle I/O priority for the thread.
     public let idlePriority: Bool
 
-    public init(chunkSize: Int = ContentHash.defaultChunkSize, backend: Backend = .automatic) throws(HashBackendError) {
+    public convenience init(chunkSize: Int = ContentHash.defaultChunkSize, backend: Backend = .automatic) throws(HashBackendError) {
+        try self.init(chunkSize: chunkSize, backend: backend) { () throws(HashBackendError) in
+            try UringReader(chunkSize: chunkSize)
+        }
+    }
+
+    /// `makeUring` runs on the service's thread (tests make it fail to exercise the fallback).
+    init(chunkSize: Int, backend: Backend,
+         makeUring: @escaping @Sendable () throws(HashBackendError) -> UringReader) throws(HashBackendError) {
         let state = self.state
         let idle = Monitor(true)
         thread = WorkerThread(name: "fansync-hash") {
@@ -46,7 +54,7 @@ public final class HashService: Sendable {
                 hasher = PlainReader(chunkSize: chunkSize)
             case .uring, .automatic:
                 do throws(HashBackendError) {
-                    hasher = try UringReader(chunkSize: chunkSize)
+                    hasher = try makeUring()
                 } catch {
                     if backend == .uring {
                         state.update { $0.started = .failure(error) }
