@@ -5,6 +5,7 @@
 //   fansync-hashbench run DIR [RUNS]       readers vs xxhsum on both sets (default 5 runs)
 //   fansync-hashbench chunks [MiB]         ContentHasher throughput per chunk size, in memory
 //   fansync-hashbench buffers DIR          io_uring reader: buffer size and count on DIR/big
+//   fansync-hashbench index FILE [N]       the SQLite index with N entries (default 1,000,000)
 //
 // Names are passed to xxhsum as argv entries (posix_spawn), never through a shell.
 import FanSync
@@ -266,6 +267,73 @@ func tune(_ dir: String) {
     }
 }
 
+extension String {
+    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
+}
+
+func maxRSSMiB() -> Double {
+    var u = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &u)
+    return Double(u.ru_maxrss) / 1024
+}
+
+/// The index at scale: fill, reopen with the integrity check, stream, look up; peak RSS.
+func indexBench(_ file: String, _ n: Int, inPathOrder: Bool) {
+    func name(_ i: Int) -> SyncPath {
+        if inPathOrder {
+            // d00000/f000 … : the order a tree walk produces.
+            return SyncPath("d\(String(i / 1000).leftPad(6))/file-\(String(i % 1000).leftPad(3)).bin")
+        }
+        return SyncPath("d\(i % 1000)/s\(i % 97)/file-\(i).bin")
+    }
+    unlink(file); unlink(file + "-wal"); unlink(file + "-shm")
+    print("index of \(n) entries inserted in \(inPathOrder ? "path order (as a walk gives them)" : "scattered order") at \(file) (RSS before: \(fixed(maxRSSMiB(), 1)) MiB)")
+    var t0 = now()
+    do {
+        let index = try Index(file: file)
+        var batch: [IndexEntry] = []
+        batch.reserveCapacity(10_000)
+        for i in 0..<n {
+            let h = Hash128(high: UInt64(i) &* 0x9E37_79B9_7F4A_7C15, low: UInt64(i))
+            batch.append(IndexEntry(path: name(i), kind: .regular,
+                                    size: UInt64(i), mtimeNs: 1_700_000_000_000_000_000 + Int64(i), ino: UInt64(i), dev: 2049,
+                                    mode: 0o100644, wholeHash: h, chunkHashes: h.bytes, acked: true))
+            if batch.count == 10_000 {
+                try index.upsert(batch)
+                batch.removeAll(keepingCapacity: true)
+            }
+        }
+        try index.upsert(batch)
+        try index.checkpoint()
+        print("  upsert in batches of 10,000: \(fixed(now() - t0, 2)) s (\(Int(Double(n) / (now() - t0))) entries/s), RSS \(fixed(maxRSSMiB(), 1)) MiB")
+    } catch { fail("\(error)") }
+    var st = stat()
+    stat(file, &st)
+    print("  file size: \(Int(st.st_size) >> 20) MiB (\(Int(st.st_size) / n) bytes per entry)")
+    for check in [Index.IntegrityCheck.full, .quick] {
+        t0 = now()
+        guard let index = try? Index(file: file, check: check) else { fail("reopen") }
+        print("  open with \(check == .full ? "integrity_check" : "quick_check"): \(fixed(now() - t0, 2)) s, RSS \(fixed(maxRSSMiB(), 1)) MiB")
+        _ = index
+    }
+    guard let index = try? Index(file: file, check: .none) else { fail("reopen") }
+    t0 = now()
+    var count = 0
+    let walk = index.entries()
+    for e in walk { count += Int(e.size & 1) &+ 1 - Int(e.size & 1) }
+    if let e = walk.error { fail("\(e)") }
+    print("  stream all in path order: \(fixed(now() - t0, 2)) s (\(Int(Double(count) / (now() - t0))) entries/s), RSS \(fixed(maxRSSMiB(), 1)) MiB")
+    t0 = now()
+    var r = Rng(x: 99)
+    for _ in 0..<10_000 {
+        let i = Int(r.next() % UInt64(n))
+        guard (try? index.lookup(name(i))) != nil else { fail("lookup") }
+        let h = Hash128(high: UInt64(i) &* 0x9E37_79B9_7F4A_7C15, low: UInt64(i))
+        guard (try? index.paths(withHash: h))?.count == 1 else { fail("paths(withHash:)") }
+    }
+    print("  10,000 lookups by path + by hash: \(fixed(now() - t0, 2)) s; peak RSS \(fixed(maxRSSMiB(), 1)) MiB")
+}
+
 func smallOnly(_ dir: String) {
     let small = smallPaths(dir)
     for slots in [32, 64, 128] {
@@ -284,5 +352,9 @@ case "chunks": chunks(args.count > 2 ? Int(args[2]) ?? 1024 : 1024)
 case "buffers" where args.count == 3: buffers(args[2])
 case "small" where args.count == 3: smallOnly(args[2])
 case "tune" where args.count == 3: tune(args[2])
+case "index" where args.count >= 3:
+    let n = args.count > 3 ? Int(args[3]) ?? 1_000_000 : 1_000_000
+    indexBench(args[2], n, inPathOrder: true)
+    indexBench(args[2], n, inPathOrder: false)
 default: fail("usage: fansync-hashbench prepare DIR | run DIR [RUNS] | chunks [MiB] | buffers DIR")
 }
