@@ -19,13 +19,29 @@ let package = Package(
             cSettings: [.unsafeFlags(["-I/usr/include/lua5.4"])],
             linkerSettings: [.linkedLibrary("lua5.4")]
         ),
+        // SQLite from Debian (libsqlite3-dev): the index.
+        .systemLibrary(
+            name: "CSQLite",
+            pkgConfig: "sqlite3"
+        ),
+        // liburing and libxxhash from Debian: the content hasher's reads and XXH3-128.
+        .target(
+            name: "CURing",
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("xxhash")]
+        ),
         .target(
             name: "FanSync",
-            dependencies: ["CLinux", "CLua"]
+            dependencies: ["CLinux", "CLua", "CSQLite", "CURing"]
         ),
         .executableTarget(
             name: "fansync",
             dependencies: ["FanSync"]
+        ),
+        // Hash throughput: io_uring reader vs plain read loop vs xxhsum (Perf/hash).
+        .executableTarget(
+            name: "fansync-hashbench",
+            dependencies: ["FanSync"],
+            path: "Perf/hash/Sources"
         ),
         .testTarget(
             name: "FanSyncTests",
