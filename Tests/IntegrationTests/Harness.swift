@@ -10,7 +10,7 @@ enum Harness {
     static var fansyncBinary: String {
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        let exe = n > 0 ? String(cString: buf) : CommandLine.arguments[0]
+        let exe = n > 0 ? String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
         var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
         // swift test runs .build/<config>/fansyncPackageTests.xctest (a file on Linux).
         while !FileManager.default.isExecutableFile(atPath: dir.appendingPathComponent("fansync").path) && dir.path != "/" {

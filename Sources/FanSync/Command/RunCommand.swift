@@ -220,7 +220,7 @@ func readPatternFile(_ path: String) throws -> [String] {
 public func currentDirectory() -> String {
     var buf = [CChar](repeating: 0, count: 4096)
     guard getcwd(&buf, buf.count) != nil else { return "/" }
-    return String(cString: buf)
+    return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
 
 /// An absolute, normalized path (no trailing slash; "." and ".." resolved lexically).
