@@ -332,11 +332,17 @@ final class FanotifyWatcherTests: XCTestCase {
         gate.open()
         XCTAssertTrue(events.wait { $0.contains(.renamed(from: SyncPath("big"), to: SyncPath("renamed"), isDirectory: true)) },
                       "rename not seen")
+        // Every file is reported, under its old name or (when the reads outran the batching
+        // window, as on a loaded machine) already under its new one: the queue syncs the
+        // current state of a path, and moves what it holds under the new name behind the
+        // rename, so both orders leave the backup right. Only the common case keeps the old
+        // names, so it is not asserted here (timing on a shared machine decides it).
         let evs = events.all
         let r = evs.firstIndex(of: .renamed(from: SyncPath("big"), to: SyncPath("renamed"), isDirectory: true))!
-        let before = Set(paths(Array(evs[..<r])))
-        XCTAssertTrue((0..<count).allSatisfy { before.contains(SyncPath("big/file-\($0)")) }, "files keep their old names before the rename")
-        XCTAssertFalse(before.contains { $0.bytes.starts(with: b("renamed/")) })
+        let seen = Set(paths(evs))
+        XCTAssertTrue((0..<count).allSatisfy { seen.contains(SyncPath("big/file-\($0)")) || seen.contains(SyncPath("renamed/file-\($0)")) },
+                      "a file written before the rename was not reported")
+        XCTAssertFalse(paths(Array(evs[(r + 1)...])).contains { $0.bytes.starts(with: b("big/")) }, "an old name after the rename")
     }
 
     func testMoveInFromOutside() throws {
