@@ -353,3 +353,11 @@ final class RunArgumentTests: XCTestCase {
         }
     }
 }
+
+final class CommandLineSplitTests: XCTestCase {
+    func testSplitsLikeRsync() {
+        XCTAssertEqual(splitCommandLine("/usr/bin/ssh -l user -i /root/.ssh/id"), ["/usr/bin/ssh", "-l", "user", "-i", "/root/.ssh/id"])
+        XCTAssertEqual(splitCommandLine("ssh -o 'ProxyCommand=nc %h %p'  -p 2222"), ["ssh", "-o", "ProxyCommand=nc %h %p", "-p", "2222"])
+        XCTAssertEqual(splitCommandLine("ssh -i \"/keys/my key\" x\\ y ''"), ["ssh", "-i", "/keys/my key", "x y", ""])
+    }
+}

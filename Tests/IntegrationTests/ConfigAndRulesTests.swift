@@ -85,6 +85,36 @@ final class ConfigAndRulesTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: d2 + "/cache"))
     }
 
+    /// lsyncd's `rsync.rsh` (a remote shell command of the user's): used for rsync and for
+    /// renames on the backup.
+    func testRemoteShellFromConfig() throws {
+        let server = try SSHServer()
+        defer { server.stop() }
+        let work = Harness.tempDirectory("rsh")
+        defer { Harness.removeTree(work) }
+        let src = work + "/src"
+        mkdir(src, 0o755)
+        let dst = server.makeBackupDirectory("rsh-backup")
+        defer { Harness.removeTree(dst) }
+        mkdirs(src, "dir")
+        for i in 0..<50 { writeFile(src, "dir/f\(i)", "\(i)") }
+        let rsh = (["ssh", "-p", String(server.port), "-o", "BatchMode=yes"] + server.sshOptions.flatMap { ["-o", $0] }).joined(separator: " ")
+        let config = """
+        sync { default.rsync, source = \(luaString(src)), target = "\(server.user)@127.0.0.1:\(dst)", delay = 0,
+               rsync = { archive = true, rsh = \(luaString(rsh)) } }
+        """
+        try config.write(toFile: work + "/c.lua", atomically: true, encoding: .utf8)
+        let daemon = try DaemonProcess(arguments: ["--config", work + "/c.lua"], workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp()
+        waitConverged(src, dst, daemon: daemon)
+        XCTAssertEqual(rename(src + "/dir", src + "/moved dir"), 0)
+        waitConverged(src, dst, daemon: daemon)
+        daemon.waitCaughtUp()
+        XCTAssertEqual(daemon.firstSync?["renames"]?.number, 1, daemon.log)
+        XCTAssertEqual(daemon.firstSync?["last_error"], .null, daemon.log)
+    }
+
     /// The seed document's config, with only host and paths changed, mirrors to sshd.
     func testSeedConfigRuns() throws {
         let server = try SSHServer()

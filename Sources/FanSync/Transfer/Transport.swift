@@ -17,7 +17,8 @@ public final class Transport: Sendable {
 
     public init(config: MirrorConfig) throws {
         self.config = config
-        if case .ssh = config.target {
+        // A user's own remote shell (lsyncd's rsync.rsh) is used as it is, without our master.
+        if case .ssh = config.target, config.rsync.rsh == nil {
             var template = Array("/tmp/fansync-ssh-XXXXXX".utf8CString)
             guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
                 throw TransportError("cannot create a private directory for ssh's control socket: \(String(cString: strerror(errno)))")
@@ -308,7 +309,9 @@ public final class Transport: Sendable {
             if !to.parent.isRoot { script += Array("mkdir -p -- ".utf8) + shellQuote(to.parent.bytes) + Array(" && ".utf8) }
             script += Array("mv -f -T -- ".utf8) + a + [UInt8(ascii: " ")] + b + Array("; else exit 3; fi".utf8)
             ensureMaster()
-            let argv = sshArguments.map { Array($0.utf8) } + [Array("--".utf8), Array(t.destination.utf8), script]
+            // The same remote shell as rsync's: ours, or the config's rsync.rsh split as rsync splits it.
+            let shell = config.rsync.rsh.map { splitCommandLine($0) + [t.destination] } ?? (sshArguments + ["--", t.destination])
+            let argv = shell.map { Array($0.utf8) } + [script]
             let result: Subprocess.Result
             do { result = try Subprocess.run(argv) } catch { return .fatal("\(error)") }
             if result.status == 0 { return .done(files: 0, bytes: 0) }
@@ -386,4 +389,33 @@ extension String {
     func replacingOccurrences(_ a: String, _ b: String) -> String {
         split(separator: a, omittingEmptySubsequences: false).joined(separator: b)
     }
+}
+
+/// Splits a command line as rsync splits `-e`: on spaces, with single and double quotes
+/// keeping spaces, and a backslash escaping the next character outside single quotes.
+public func splitCommandLine(_ text: String) -> [String] {
+    var args: [String] = []
+    var current = ""
+    var inArg = false
+    var quote: Character? = nil
+    var escape = false
+    for c in text {
+        if escape { current.append(c); escape = false; inArg = true; continue }
+        if let q = quote {
+            if c == q { quote = nil } else if c == "\\" && q == "\"" { escape = true } else { current.append(c) }
+            continue
+        }
+        switch c {
+        case " ", "\t":
+            if inArg { args.append(current); current = ""; inArg = false }
+        case "'", "\"":
+            quote = c; inArg = true
+        case "\\":
+            escape = true
+        default:
+            current.append(c); inArg = true
+        }
+    }
+    if inArg { args.append(current) }
+    return args
 }
