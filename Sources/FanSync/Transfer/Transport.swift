@@ -58,6 +58,9 @@ public final class Transport: Sendable {
         else if let port = config.ssh.port { args += ["-p", String(port)] }
         if let id = config.ssh.identityFile { args += ["-i", id] }
         for o in config.ssh.options { args += ["-o", o] }
+        // Defaults the user may override (ssh keeps the first value it reads): an
+        // unreachable host fails in seconds and is retried, rather than hanging a worker.
+        args += ["-o", "ConnectTimeout=15"]
         args += config.ssh.extra
         return args
     }
