@@ -136,6 +136,8 @@ final class FanotifyReader {
     private(set) var cacheResets = 0
     private(set) var batchesRead = 0
     private var resolveErrorsLogged = 0
+    /// Set when a handle could not be resolved in the current read (see `parse`).
+    private var unresolvedInBatch = false
 
     init(sourceRoot: [UInt8], filter: @escaping WatchFilter,
          log: @escaping @Sendable (String) -> Void,
@@ -538,6 +540,14 @@ final class FanotifyReader {
     /// window (see `beginWindow`).
     func parse(count n: Int, into out: inout [WatchEvent]) {
         defer { closeBatchMountFDs() }
+        defer {
+            // A directory that could not be resolved (other than deleted) may be inside the
+            // source: nothing observed is forgotten, so the source is rescanned.
+            if unresolvedInBatch {
+                unresolvedInBatch = false
+                out.append(.rescan(.root))
+            }
+        }
         let metaMin = Int(clinux_fan_event_metadata_len)
         var off = 0
         while off + metaMin <= n {
@@ -930,7 +940,11 @@ final class FanotifyReader {
             batchMountFDs[mount.mountID] = mountFD
         }
         if mountFD < 0 { return nil }
-        let fd = clinux_open_by_handle_at(mountFD, handle, key.length, key.type, clinux_o_path | O_CLOEXEC)
+        var fd = clinux_open_by_handle_at(mountFD, handle, key.length, key.type, clinux_o_path | O_CLOEXEC)
+        if fd < 0 && errno != ESTALE && errno != ENOENT {
+            // A transient failure (ENOMEM seen under memory pressure): once more.
+            fd = clinux_open_by_handle_at(mountFD, handle, key.length, key.type, clinux_o_path | O_CLOEXEC)
+        }
         if fd < 0 {
             let e = errno
             if e == ESTALE || e == ENOENT {
@@ -965,8 +979,9 @@ final class FanotifyReader {
 
     private func noteResolveError(_ what: String) {
         resolveErrorsLogged += 1
+        unresolvedInBatch = true
         if resolveErrorsLogged <= 10 {
-            log("fanotify: cannot resolve a directory handle: \(what); event skipped")
+            log("fanotify: cannot resolve a directory handle: \(what); rescanning the source")
         } else if resolveErrorsLogged == 11 {
             log("fanotify: further handle resolution errors are not logged")
         }
