@@ -171,3 +171,17 @@ int clinux_restrict_capabilities(const char *keep_text, int *dropped_bounding) {
     errno = saved;
     return r;
 }
+
+#include <syslog.h>
+
+void clinux_openlog(const char *ident, int facility) {
+    // openlog keeps the pointer: keep a copy for the life of the process.
+    static char *kept = NULL;
+    free(kept);
+    kept = strdup(ident);
+    openlog(kept, LOG_PID | LOG_NDELAY, facility);
+}
+
+void clinux_syslog(int priority, const char *message) {
+    syslog(priority, "%s", message);
+}

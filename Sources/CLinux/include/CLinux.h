@@ -49,6 +49,9 @@ int clinux_spawnattr_setup(posix_spawnattr_t *attr);
 // Keeps only the named capabilities (comma-separated) in the effective, permitted and
 // bounding sets; *dropped_bounding counts what left the bounding set. 0 or -1 with errno.
 int clinux_restrict_capabilities(const char *keep_text, int *dropped_bounding);
+// syslog without varargs (lsyncd's logident and logfacility).
+void clinux_openlog(const char *ident, int facility);
+void clinux_syslog(int priority, const char *message);
 // pipe2(fds, O_CLOEXEC).
 int clinux_pipe_cloexec(int fds[2]);
 

@@ -201,6 +201,15 @@ public enum RunCommand {
             return 1
         }
         log.info("fansync \(fansyncVersion) starting, pid \(getpid())")
+        if parsed.settings.logIdent != nil || parsed.settings.logFacility != nil {
+            let facility = parsed.settings.logFacility ?? "user"
+            if !log.enableSyslog(ident: parsed.settings.logIdent ?? "fansync", facility: facility) {
+                log.warning("logfacility '\(facility)' is not a syslog facility; logging to stderr and the logfile only")
+            }
+        }
+        if parsed.settings.inotifyMode != .closeWrite {
+            log.info("inotifyMode '\(parsed.settings.inotifyMode.rawValue)': fansync always sends a file when it is closed, and a file written but not closed every openFileInterval")
+        }
         let reload: (() throws -> (DaemonSettings, [MirrorConfig]))? = arguments.contains(where: { $0 == "--config" || $0.hasPrefix("--config=") })
             ? { let p = try parse(arguments); return (p.settings, p.mirrors) } : nil
         return Daemon(settings: parsed.settings, mirrors: parsed.mirrors, log: log, reload: reload).run()

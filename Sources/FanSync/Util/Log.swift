@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 import Synchronization
 
@@ -10,7 +11,20 @@ public final class Logger: Sendable {
         var label: String { ["debug", "info", "warning", "error"][rawValue] }
     }
 
-    private struct State { var fileFD: Int32 = -1 }
+    private struct State { var fileFD: Int32 = -1; var syslog = false }
+
+    /// Also sends every line to syslog, as lsyncd does with `logident` and `logfacility`.
+    /// Returns false for a facility name syslog does not know.
+    public func enableSyslog(ident: String, facility: String) -> Bool {
+        let names: [String: Int32] = ["auth": 4 << 3, "authpriv": 10 << 3, "cron": 9 << 3, "daemon": 3 << 3, "ftp": 11 << 3,
+                                      "kern": 0, "lpr": 6 << 3, "mail": 2 << 3, "news": 7 << 3, "syslog": 5 << 3,
+                                      "user": 1 << 3, "uucp": 8 << 3, "local0": 16 << 3, "local1": 17 << 3, "local2": 18 << 3,
+                                      "local3": 19 << 3, "local4": 20 << 3, "local5": 21 << 3, "local6": 22 << 3, "local7": 23 << 3]
+        guard let code = names[facility.lowercased()] else { return false }
+        clinux_openlog(ident, code)
+        state.withLock { $0.syslog = true }
+        return true
+    }
     private let state = Mutex(State())
     public let minimum: Level
     public let toStderr: Bool
@@ -35,6 +49,10 @@ public final class Logger: Sendable {
         let line = level == .info ? "fansync: \(text)\n" : "fansync: \(level.label): \(text)\n"
         state.withLock { s in
             if toStderr { _ = line.withCString { write(2, $0, strlen($0)) } }
+            if s.syslog {
+                // LOG_DEBUG 7, LOG_INFO 6, LOG_WARNING 4, LOG_ERR 3
+                clinux_syslog([7, 6, 4, 3][level.rawValue], text)
+            }
             if s.fileFD >= 0 {
                 let stamped = "\(Self.timestamp()) \(level.label) \(text)\n"
                 _ = stamped.withCString { write(s.fileFD, $0, strlen($0)) }
