@@ -211,7 +211,13 @@ public final class Index {
     /// Returns how many rows changed.
     @discardableResult
     public func markAcked(_ paths: [SyncPath]) throws(SQLiteError) -> Int {
-        let stmt = try statement("UPDATE entries SET acked = 1 WHERE path = ?1 AND acked = 0")
+        try runPerPath("UPDATE entries SET acked = 1 WHERE path = ?1 AND acked = 0", paths)
+    }
+
+    /// Runs `sql` (one `?1` for the path key) for each path in one transaction; returns the
+    /// number of rows changed.
+    private func runPerPath(_ sql: String, _ paths: [SyncPath]) throws(SQLiteError) -> Int {
+        let stmt = try statement(sql)
         return try db.transaction { () throws(SQLiteError) -> Int in
             var n = 0
             for p in paths {
@@ -250,16 +256,7 @@ public final class Index {
     /// Removes exactly these paths (not their subtrees). Returns how many rows went.
     @discardableResult
     public func remove(_ paths: [SyncPath]) throws(SQLiteError) -> Int {
-        let stmt = try statement("DELETE FROM entries WHERE path = ?1")
-        return try db.transaction { () throws(SQLiteError) -> Int in
-            var n = 0
-            for p in paths {
-                stmt.bind(1, IndexKey.encode(p))
-                try stmt.run()
-                n += db.changes
-            }
-            return n
-        }
+        try runPerPath("DELETE FROM entries WHERE path = ?1", paths)
     }
 
     /// Removes `path` and everything inside it (one key range). The root removes all.
