@@ -242,6 +242,8 @@ final class InotifyWatcherTests: XCTestCase {
         writeFile(abs("f/sub2/x"))
         waitFor(log, .changed(SyncPath("f/sub2/x"), isDirectory: false, created: false, closed: true))
         XCTAssertEqual(watcher.watchedDescription.first?.hasPrefix("inotify: 3 directories"), true)
+        XCTAssertFalse(log.snapshot.contains { if case .rescan = $0 { return true } else { return false } },
+                       "a directory renamed inside the source is a rename, not a rescan: \(log.snapshot)")
     }
 
     func testMoveInFromOutside() throws {
@@ -478,6 +480,7 @@ final class InotifyWatcherTests: XCTestCase {
         writeFile(abs("moved/d29/e29/f"))
         waitFor(log, .changed(SyncPath("moved/d29/e29/f"), isDirectory: false, created: false, closed: true))
         XCTAssertEqual(watcher.watchedDescription.first?.hasPrefix("inotify: 932 directories"), true)
+        XCTAssertFalse(log.snapshot.contains(.rescan(SyncPath("moved"))), "one rename, not a rescan")
         Self.removeTree(abs("moved"))
         waitFor(log, .removed(SyncPath("moved"), isDirectory: true))
         waitFor(log, "watches of the removed tree dropped") { _ in
