@@ -208,13 +208,33 @@ final class ChangeQueueTests: XCTestCase {
         XCTAssertEqual(first.map(\.job), [syncs(a)])
         let burst = (0..<1000).map { written(SyncPath("f\($0)")) }
         q.add(burst, now: 0)
-        let next = q.next(now: 0, idle: 1)
+        let next = q.next(now: 0.1, idle: 1)
         XCTAssertEqual(next.count, 1)
         if case .sync(let paths) = next[0].job { XCTAssertEqual(paths.count, 1000) } else { XCTFail() }
         q.succeeded(first[0]); q.succeeded(next[0])
         q.add(burst, now: 0)
-        let split = q.next(now: 0, idle: 2)
+        let split = q.next(now: 0.1, idle: 2)
         XCTAssertEqual(split.count, 2)
+    }
+
+    func testBurstIsHeldBrieflyButALoneChangeIsNot() {
+        var q = ChangeQueue()
+        q.add([written(a)], now: 10)
+        XCTAssertEqual(q.next(now: 10, idle: 1).count, 1, "a lone change goes at once")
+        var q2 = ChangeQueue()
+        q2.add((0..<300).map { written(SyncPath("f\($0)")) }, now: 0)
+        XCTAssertEqual(q2.next(now: 0.01, idle: 1), [], "a burst waits for more")
+        XCTAssertEqual(q2.nextWakeup(now: 0.01), 0.05)
+        q2.add((300..<600).map { written(SyncPath("f\($0)")) }, now: 0.04)
+        XCTAssertEqual(q2.next(now: 0.06, idle: 1), [], "still arriving")
+        let t = q2.next(now: 0.1, idle: 1)
+        XCTAssertEqual(t.count, 1)
+        if case .sync(let paths) = t.first?.job { XCTAssertEqual(paths.count, 600) } else { XCTFail() }
+        // Never more than burstHold after the first path queued, however long the burst.
+        var q3 = ChangeQueue()
+        var now = 0.0
+        while now < 0.24 { q3.add((0..<300).map { written(SyncPath("g\(now)-\($0)")) }, now: now); now += 0.02 }
+        XCTAssertEqual(q3.next(now: 0.26, idle: 1).count, 1)
     }
 
     func testSamePathIsNeverInTwoBatches() {

@@ -67,6 +67,11 @@ public struct ChangeQueue: Sendable {
         /// Renames are executed on the backup (false when deletes are off while running:
         /// the new name is sent and the old one kept, as rsync without --delete would).
         public var renamesOnBackup: Bool = true
+        /// With `delay` 0, while a burst arrives (at least `burstRate` paths within 50 ms),
+        /// what is queued waits up to `burstHold` seconds for more, so that a burst goes out
+        /// in fewer, larger rsync runs; a lone change is never held. 0 turns it off.
+        public var burstRate: Int = 50
+        public var burstHold: Double = 0.25
         public init() {}
     }
 
@@ -80,6 +85,11 @@ public struct ChangeQueue: Sendable {
     private var inFlight: [Int: Ticket] = [:]
     private var barrierInFlight = false
     private var nextTicket = 1
+    // Arrival rate, for holding batches while a burst arrives.
+    private var windowStart = -Double.infinity
+    private var windowCount = 0
+    private var burstSeenAt = -Double.infinity
+    private var pendingSince: Double? = nil
 
     public init(policy: Policy = Policy()) {
         self.policy = policy
@@ -107,7 +117,21 @@ public struct ChangeQueue: Sendable {
     // MARK: Adding
 
     public mutating func add(_ events: [WatchEvent], now: Double) {
+        if now - windowStart > 0.05 {
+            windowStart = now
+            windowCount = 0
+        }
+        windowCount += events.count
+        if windowCount >= policy.burstRate { burstSeenAt = now }
         for event in events { add(event, now: now) }
+    }
+
+    /// Until when queued paths wait for the rest of a burst (nil: they may go now).
+    func burstHoldUntil(now: Double) -> Double? {
+        guard policy.burstHold > 0, policy.delay == 0, now - burstSeenAt < 0.05,
+              entries.count < policy.maxBatch, let since = pendingSince else { return nil }
+        let until = min(since + policy.burstHold, burstSeenAt + 0.05)
+        return until > now ? until : nil
     }
 
     public mutating func add(_ event: WatchEvent, now: Double) {
@@ -156,6 +180,7 @@ public struct ChangeQueue: Sendable {
     }
 
     private mutating func insert(_ path: SyncPath, _ entry: Entry) {
+        if entries.isEmpty { pendingSince = entry.firstSeen }
         entries[path] = entry
         segmentPaths[entry.segment, default: []].append(path)
     }
@@ -238,6 +263,8 @@ public struct ChangeQueue: Sendable {
     /// The jobs to start now, for up to `idle` free workers.
     public mutating func next(now: Double, idle: Int) -> [Ticket] {
         guard idle > 0, !barrierInFlight else { return [] }
+        if burstHoldUntil(now: now) != nil { return [] }
+        defer { pendingSince = entries.isEmpty ? nil : now }
         let limit = barriers.first?.segment ?? Int.max
         var tickets: [Ticket] = []
         // Paths that may go: in a segment before the first barrier, ready, not being sent.
@@ -300,6 +327,7 @@ public struct ChangeQueue: Sendable {
 
     /// The earliest time at which `next` may have something new to give without new events.
     public func nextWakeup(now: Double) -> Double? {
+        if let until = burstHoldUntil(now: now) { return until }
         var wake: Double? = nil
         func take(_ t: Double) { if wake == nil || t < wake! { wake = t } }
         let limit = barriers.first?.segment ?? Int.max
