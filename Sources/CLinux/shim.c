@@ -74,43 +74,6 @@ int clinux_set_idle_io_priority(void) {
     return (int)syscall(SYS_ioprio_set, CLINUX_IOPRIO_WHO_PROCESS, 0, prio);
 }
 
-int clinux_keep_only_capabilities(const char *caps_text) {
-    cap_t caps = cap_init();
-    if (!caps) return -1;
-    char *copy = strdup(caps_text);
-    if (!copy) { cap_free(caps); errno = ENOMEM; return -1; }
-    cap_value_t values[64];
-    int n = 0;
-    for (char *tok = strtok(copy, ","); tok && n < 64; tok = strtok(NULL, ",")) {
-        cap_value_t v;
-        if (cap_from_name(tok, &v) != 0) { free(copy); cap_free(caps); errno = EINVAL; return -1; }
-        values[n++] = v;
-    }
-    free(copy);
-    int r = 0;
-    if (n > 0) {
-        r |= cap_set_flag(caps, CAP_PERMITTED, n, values, CAP_SET);
-        r |= cap_set_flag(caps, CAP_EFFECTIVE, n, values, CAP_SET);
-    }
-    if (r == 0) r = cap_set_proc(caps);
-    int saved = errno;
-    cap_free(caps);
-    errno = saved;
-    return r;
-}
-
-int clinux_has_capability(const char *cap_name) {
-    cap_value_t v;
-    if (cap_from_name(cap_name, &v) != 0) { errno = EINVAL; return -1; }
-    cap_t caps = cap_get_proc();
-    if (!caps) return -1;
-    cap_flag_value_t value = CAP_CLEAR;
-    int r = cap_get_flag(caps, v, CAP_EFFECTIVE, &value);
-    cap_free(caps);
-    if (r != 0) return -1;
-    return value == CAP_SET ? 1 : 0;
-}
-
 int clinux_spawnattr_setup(posix_spawnattr_t *attr) {
     int r = posix_spawnattr_init(attr);
     if (r) return r;

@@ -38,9 +38,7 @@ case "check-ignore":
         let cwd = Array(currentDirectory().utf8)
         guard let first = loaded.mirrors.first else { throw ArgumentReader.UsageError("\(path) defines no sync{}") }
         let mirror = loaded.mirrors.first { SyncPath(bytes: cwd).isInside(SyncPath(bytes: $0.source)) } ?? first
-        var names: [[UInt8]] = mirror.rulesFile.isEmpty ? [] : [Array(mirror.rulesFile.utf8)]
-        if mirror.useGitignore { names.append(Array(".gitignore".utf8)) }
-        return (mirror.source, names, mirror.excludes)
+        return (mirror.source, mirror.rulesFileNames, mirror.excludes)
     }
     writeOut(result.output)
     if !result.errors.isEmpty { printError(result.errors) }

@@ -38,11 +38,6 @@ int clinux_statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 // I/O priority: IOPRIO_CLASS_IDLE for the calling thread.
 int clinux_set_idle_io_priority(void);
 
-// Capabilities (libcap): keep only the listed capability names ("cap_sys_admin,cap_dac_read_search").
-// Returns 0, or -1 with errno set. Effective = permitted = the list; inheritable cleared.
-int clinux_keep_only_capabilities(const char *caps_text);
-// 1 if the effective set of this process has the named capability, 0 if not, -1 on error.
-int clinux_has_capability(const char *cap_name);
 
 // posix_spawn helpers: make the child the leader of its own process group, and reset signals.
 int clinux_spawnattr_setup(posix_spawnattr_t *attr);

@@ -64,31 +64,31 @@ public enum RunCommand {
         var reader = ArgumentReader(arguments)
         var settings = DaemonSettings()
         var configFile: String? = nil
-        var m = MirrorConfig(name: "", source: [], target: .local(path: []))
         var excludeFiles: [String] = []
         var deleteSet: DeleteMode? = nil
         var nameSet: String? = nil
+        // What the options set on a mirror: applied to the one on the command line, or to
+        // every mirror of the config.
         var overrides: [(inout MirrorConfig) -> Void] = []
-        while let opt = try nextOption(&reader) {
+        while let opt = reader.nextOption() {
             switch opt.name {
             case "--config": configFile = try reader.value(for: opt)
             case "--exclude":
                 let v = try reader.value(for: opt)
-                m.excludes.append(v)
                 overrides.append { $0.excludes.append(v) }
             case "--exclude-from": excludeFiles.append(try reader.value(for: opt))
             case "--delay":
-                let v = try reader.number(for: opt); m.delay = v; overrides.append { $0.delay = v }
+                let v = try reader.number(for: opt); overrides.append { $0.delay = v }
             case "--max-delays":
-                let v = try reader.integer(for: opt); m.maxDelays = v; overrides.append { $0.maxDelays = v }
+                let v = try reader.integer(for: opt); overrides.append { $0.maxDelays = v }
             case "--max-processes":
-                let v = try reader.integer(for: opt, min: 1); m.maxProcesses = v; overrides.append { $0.maxProcesses = v }
+                let v = try reader.integer(for: opt, min: 1); overrides.append { $0.maxProcesses = v }
             case "--open-file-interval":
-                let v = try reader.number(for: opt); m.openFileInterval = v; overrides.append { $0.openFileInterval = v }
+                let v = try reader.number(for: opt); overrides.append { $0.openFileInterval = v }
             case "--backend":
                 let text = try reader.value(for: opt)
                 guard let b = Backend(rawValue: text) else { throw ArgumentReader.UsageError("--backend: '\(text)' is not auto, fanotify or inotify") }
-                m.backend = b; overrides.append { $0.backend = b }
+                overrides.append { $0.backend = b }
             case "--delete":
                 let text = try reader.value(for: opt)
                 switch text {
@@ -99,28 +99,28 @@ public enum RunCommand {
                 default: throw ArgumentReader.UsageError("--delete: '\(text)' is not true, false, startup or running")
                 }
             case "--no-delete": try reader.flag(opt); deleteSet = DeleteMode.never
-            case "--no-initial-sync": try reader.flag(opt); m.initialSync = false; overrides.append { $0.initialSync = false }
+            case "--no-initial-sync": try reader.flag(opt); overrides.append { $0.initialSync = false }
             case "--rules-file":
                 let v = try reader.value(for: opt)
                 guard !v.isEmpty, !v.contains("/") else { throw ArgumentReader.UsageError("--rules-file: '\(v)' must be a file name without '/'") }
-                m.rulesFile = v; overrides.append { $0.rulesFile = v }
-            case "--use-gitignore": try reader.flag(opt); m.useGitignore = true; overrides.append { $0.useGitignore = true }
-            case "--delete-excluded": try reader.flag(opt); m.deleteExcluded = true; overrides.append { $0.deleteExcluded = true }
-            case "--compress": try reader.flag(opt); m.rsync.compress = true; overrides.append { $0.rsync.compress = true }
+                overrides.append { $0.rulesFile = v }
+            case "--use-gitignore": try reader.flag(opt); overrides.append { $0.useGitignore = true }
+            case "--delete-excluded": try reader.flag(opt); overrides.append { $0.deleteExcluded = true }
+            case "--compress": try reader.flag(opt); overrides.append { $0.rsync.compress = true }
             case "--bwlimit":
-                let v = try reader.integer(for: opt, min: 1); m.rsync.bwlimit = v; overrides.append { $0.rsync.bwlimit = v }
+                let v = try reader.integer(for: opt, min: 1); overrides.append { $0.rsync.bwlimit = v }
             case "--rsync-option":
-                let v = try reader.value(for: opt); m.rsync.extra.append(v); overrides.append { $0.rsync.extra.append(v) }
+                let v = try reader.value(for: opt); overrides.append { $0.rsync.extra.append(v) }
             case "--rsync-binary":
-                let v = try reader.value(for: opt); m.rsync.binary = v; overrides.append { $0.rsync.binary = v }
+                let v = try reader.value(for: opt); overrides.append { $0.rsync.binary = v }
             case "--ssh-option":
                 let v = try reader.value(for: opt)
                 guard v.contains("=") || v.contains(" ") else { throw ArgumentReader.UsageError("--ssh-option: '\(v)' is not an ssh option (Key=Value)") }
-                m.ssh.options.append(v); overrides.append { $0.ssh.options.append(v) }
+                overrides.append { $0.ssh.options.append(v) }
             case "--ssh-identity":
-                let v = try reader.value(for: opt); m.ssh.identityFile = v; overrides.append { $0.ssh.identityFile = v }
+                let v = try reader.value(for: opt); overrides.append { $0.ssh.identityFile = v }
             case "--ssh-binary":
-                let v = try reader.value(for: opt); m.ssh.binary = v; overrides.append { $0.ssh.binary = v }
+                let v = try reader.value(for: opt); overrides.append { $0.ssh.binary = v }
             case "--status-file": settings.statusFile = try reader.value(for: opt)
             case "--status-interval": settings.statusInterval = try reader.number(for: opt, min: 0.1)
             case "--log-file": settings.logFile = try reader.value(for: opt)
@@ -133,10 +133,9 @@ public enum RunCommand {
         }
         for file in excludeFiles {
             let patterns = try readPatternFile(file)
-            m.excludes += patterns
             overrides.append { $0.excludes += patterns }
         }
-        if let deleteSet { m.delete = deleteSet; overrides.append { $0.delete = deleteSet } }
+        if let deleteSet { overrides.append { $0.delete = deleteSet } }
 
         if let configFile {
             guard reader.positional.isEmpty else {
@@ -161,7 +160,8 @@ public enum RunCommand {
                 ? "give a SOURCE directory and a TARGET (see fansync run --help)"
                 : "too many arguments: \(reader.positional.dropFirst(2).joined(separator: " "))")
         }
-        m.source = absolute(reader.positional[0], cwd: cwd)
+        var m = MirrorConfig(name: "", source: absolute(reader.positional[0], cwd: cwd), target: .local(path: []))
+        for o in overrides { o(&m) }
         m.target = try TargetParser.parse(reader.positional[1])
         if case .local(let path) = m.target {
             let src = SyncPath(bytes: m.source), dst = SyncPath(bytes: path)
@@ -174,10 +174,6 @@ public enum RunCommand {
             return n.isEmpty ? "root" : SyncPath.displayString(n)
         }()
         return Parsed(settings: settings, mirrors: [m])
-    }
-
-    static func nextOption(_ reader: inout ArgumentReader) throws -> (name: String, inline: String?)? {
-        reader.nextOption()
     }
 
     /// Runs the command; returns the exit status.

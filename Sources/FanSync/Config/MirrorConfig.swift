@@ -33,6 +33,13 @@ public struct MirrorConfig: Sendable, Equatable {
     public var useGitignore: Bool = false
     /// Delete on the backup what a rules change newly excludes.
     public var deleteExcluded: Bool = false
+
+    /// The rules file names to read in every directory, highest priority first.
+    public var rulesFileNames: [[UInt8]] {
+        var names: [[UInt8]] = rulesFile.isEmpty ? [] : [Array(rulesFile.utf8)]
+        if useGitignore { names.append(Array(".gitignore".utf8)) }
+        return names
+    }
     /// Where this mirror keeps its index and queue (nil: the daemon's default state directory).
     public var stateDir: [UInt8]? = nil
     /// Files larger than this (bytes) go to the large-file workers, in chunks.

@@ -10,7 +10,6 @@ public final class Mirror: @unchecked Sendable {
     private let registry: WatcherRegistry
     private var workers: [WorkerThread] = []
     let state: Monitor<State>
-    let startedAt = wallNow()
     /// Called once when the mirror cannot go on (a changed host key): the daemon stops.
     var onFatal: (@Sendable (String) -> Void)?
     /// Called after every transfer (the status file is rewritten soon after).
@@ -58,17 +57,9 @@ public final class Mirror: @unchecked Sendable {
         state = Monitor(State(queue: ChangeQueue(policy: Self.policy(config))))
     }
 
-    /// The rules engine, with malformed rules lines logged (file and line), never fatal.
+    /// The rules engine: rules files, global excludes and lsyncd's filter rules, with
+    /// malformed rules lines logged (file and line), never fatal.
     static func makeRules(_ config: MirrorConfig, log: Logger) -> RulesEngine {
-        let rules = makeRules(config)
-        let name = config.name
-        rules.warningHandler = { warning in log.warning("\(name): rules: \(warning)") }
-        return rules
-    }
-
-    static func makeRules(_ config: MirrorConfig) -> RulesEngine {
-        var names: [[UInt8]] = config.rulesFile.isEmpty ? [] : [Array(config.rulesFile.utf8)]
-        if config.useGitignore { names.append(Array(".gitignore".utf8)) }
         // lsyncd's filter rules are rsync's ("- pat" excludes, "+ pat" includes, the first
         // match wins); gitignore lets the last match win, so they go in reverse order.
         var patterns = config.excludes
@@ -77,7 +68,10 @@ public final class Mirror: @unchecked Sendable {
             if t.hasPrefix("- ") { patterns.append(String(t.dropFirst(2))) }
             else if t.hasPrefix("+ ") { patterns.append("!" + t.dropFirst(2)) }
         }
-        return RulesEngine(sourceRoot: config.source, rulesFileNames: names, globalPatterns: patterns)
+        let rules = RulesEngine(sourceRoot: config.source, rulesFileNames: config.rulesFileNames, globalPatterns: patterns)
+        let name = config.name
+        rules.warningHandler = { warning in log.warning("\(name): rules: \(warning)") }
+        return rules
     }
 
     static func policy(_ config: MirrorConfig) -> ChangeQueue.Policy {
@@ -209,7 +203,7 @@ public final class Mirror: @unchecked Sendable {
     func receive(_ events: [WatchEvent]) {
         var accepted: [WatchEvent] = []
         accepted.reserveCapacity(events.count)
-        let shared = subscription.map { !$0.started } ?? false || registry.isShared(config.source)
+        let shared = registry.isShared(config.source)
         for event in events {
             switch event {
             case .changed(let p, let isDirectory, let created, _):
@@ -436,9 +430,6 @@ public final class Mirror: @unchecked Sendable {
                 stopped: s.fatal)
         }
     }
-
-    /// True when nothing is queued or being sent (for tests and `--once`-style waits).
-    public var isCaughtUp: Bool { state.withLock { $0.queue.isIdle && $0.initialSyncDone } }
 }
 
 func format3(_ v: Double) -> String {

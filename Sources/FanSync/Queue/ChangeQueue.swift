@@ -101,8 +101,6 @@ public struct ChangeQueue: Sendable {
     public var queuedCount: Int { entries.count + barriers.count }
     public var inFlightCount: Int { inFlight.count }
     public var isIdle: Bool { entries.isEmpty && barriers.isEmpty && inFlight.isEmpty }
-    public var pendingPaths: [SyncPath] { entries.keys.sorted() }
-    public var pendingBarrierCount: Int { barriers.count }
 
     /// When the oldest change not yet on the backup was seen (nil when caught up).
     public var oldestUnsynced: Double? {

@@ -35,8 +35,6 @@ public final class WatcherRegistry: Sendable {
         public let backend: WatchBackend
         /// Why this backend runs (for the log).
         public let reason: String
-        /// True when this subscription started the watcher (false: it joined a running one).
-        public let started: Bool
     }
 
     /// Subscribes to the watcher of `source`, starting one with `backend` if none runs.
@@ -50,11 +48,11 @@ public final class WatcherRegistry: Sendable {
             if let existing = s.shared[source] {
                 existing.subscribers.withLock { $0[id] = subscriber }
                 return Subscription(id: id, source: source, backend: existing.backend,
-                                    reason: "shared with another mirror of this source", started: false)
+                                    reason: "shared with another mirror of this source")
             }
             let shared = try start(source: source, backend: backend, name: name, first: (id, subscriber))
             s.shared[source] = shared
-            return Subscription(id: id, source: source, backend: shared.backend, reason: shared.reason, started: true)
+            return Subscription(id: id, source: source, backend: shared.backend, reason: shared.reason)
         }
     }
 
@@ -81,25 +79,28 @@ public final class WatcherRegistry: Sendable {
     private func start(source: [UInt8], backend: Backend, name: String, first: (Int, Subscriber)) throws -> Shared {
         // The shared object exists before the backend starts so that its filter and
         // delivery can reach the subscribers from the first event on.
+        // (`share` fills the box before any backend starts.)
         let box = Mutex<Shared?>(nil)
-        let subscribers = Mutex<[Int: Subscriber]>([first.0: first.1])
-        _ = subscribers
         let filter: WatchFilter = { path, isDirectory in
-            guard let shared = box.withLock({ $0 }) else { return first.1.filter(path, isDirectory) }
+            guard let shared = box.withLock({ $0 }) else { return false }
             return shared.subscribers.withLock { subs in subs.values.contains { $0.filter(path, isDirectory) } }
         }
         let deliver: @Sendable ([WatchEvent]) -> Void = { events in
-            guard let shared = box.withLock({ $0 }) else { first.1.deliver(events); return }
+            guard let shared = box.withLock({ $0 }) else { return }
             let targets = shared.subscribers.withLock { Array($0.values) }
             for t in targets { t.deliver(events) }
+        }
+        func share(_ backend: WatchBackend, reason: String) -> Shared {
+            let shared = Shared(backend: backend, reason: reason)
+            shared.subscribers.withLock { $0[first.0] = first.1 }
+            box.withLock { $0 = shared }
+            return shared
         }
         let logLine: @Sendable (String) -> Void = { [log] in log.info("\(name): \($0)") }
         var reasons: [String] = []
         if backend != .inotify {
             let fan = FanotifyWatcher(sourceRoot: source, filter: filter, log: logLine)
-            let shared = Shared(backend: fan, reason: backend == .fanotify ? "--backend fanotify" : "allowed here")
-            shared.subscribers.withLock { $0[first.0] = first.1 }
-            box.withLock { $0 = shared }
+            let shared = share(fan, reason: backend == .fanotify ? "--backend fanotify" : "allowed here")
             do {
                 try fan.start(deliver: deliver)
                 return shared
@@ -109,9 +110,7 @@ public final class WatcherRegistry: Sendable {
             }
         }
         let ino = InotifyWatcher(sourceRoot: source, filter: filter, log: logLine)
-        let shared = Shared(backend: ino, reason: backend == .inotify ? "--backend inotify" : "fanotify unavailable: \(reasons.joined(separator: "; "))")
-        shared.subscribers.withLock { $0[first.0] = first.1 }
-        box.withLock { $0 = shared }
+        let shared = share(ino, reason: backend == .inotify ? "--backend inotify" : "fanotify unavailable: \(reasons.joined(separator: "; "))")
         try ino.start(deliver: deliver)
         return shared
     }
