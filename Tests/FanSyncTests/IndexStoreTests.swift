@@ -151,6 +151,47 @@ final class IndexStoreTests: XCTestCase {
         XCTAssertEqual(try index.count(), 0)
     }
 
+    func testRenameSubtreeRewritesKeysAndReplacesTheDestination() throws {
+        let index = try Index(file: file)
+        let bad: [UInt8] = [0x64, 0xff, 0x0a, 0x2d]   // "d", invalid UTF-8, newline, "-"
+        try index.upsert([entry("a", kind: .directory, acked: true), entry("a/x", acked: true),
+                          entry(Array("a/".utf8) + bad + Array("/y".utf8), acked: true), entry("a0", acked: true),
+                          entry("b", kind: .directory, acked: true), entry("b/old", acked: true), entry("c", acked: true)])
+        try index.renameSubtree(from: SyncPath("a"), to: SyncPath(bytes: Array("b".utf8)))
+        let paths = index.entries().map(\.path)
+        XCTAssertEqual(paths, [SyncPath("a0"), SyncPath("b"), SyncPath(bytes: Array("b/".utf8) + bad + Array("/y".utf8)),
+                               SyncPath("b/x"), SyncPath("c")])
+        XCTAssertEqual(try index.lookup(SyncPath("b/x"))?.acked, true)
+        // A file renamed into a new directory name.
+        try index.renameSubtree(from: SyncPath("c"), to: SyncPath("z/c2"))
+        XCTAssertNil(try index.lookup(SyncPath("c")))
+        XCTAssertEqual(try index.lookup(SyncPath("z/c2"))?.size, 10)
+    }
+
+    func testSubtreeRangesCountsHashFillAndUnack() throws {
+        let index = try Index(file: file)
+        let h = Hash128.of(Array("x".utf8))
+        try index.upsert([entry("d", kind: .directory, acked: true), entry("d/1", acked: true), entry("d/2", acked: true),
+                          entry("d0", acked: true), entry("e", hash: h, acked: true), entry("f", acked: false)])
+        XCTAssertEqual(index.entries(inside: SyncPath("d")).map(\.path), [SyncPath("d/1"), SyncPath("d/2")])
+        XCTAssertEqual(index.entries(inside: .root).map(\.path).count, 6)
+        XCTAssertEqual(index.entries(inside: SyncPath("e")).map(\.path), [])
+        XCTAssertEqual(try index.countSubtree(SyncPath("d")), 3)
+        XCTAssertEqual(try index.countSubtree(.root), 6)
+        // Only acknowledged files without a hash are waiting for one.
+        XCTAssertEqual(try index.unhashed().map(\.path), [SyncPath("d/1"), SyncPath("d/2"), SyncPath("d0")])
+        var v = try XCTUnwrap(index.lookup(SyncPath("d/1")))
+        v.wholeHash = h
+        var stale = try XCTUnwrap(index.lookup(SyncPath("d/2")))
+        stale.mtimeNs += 1
+        stale.wholeHash = h
+        XCTAssertEqual(try index.setHashes([v, stale]), 1)
+        XCTAssertEqual(try index.lookup(SyncPath("d/1"))?.wholeHash, h)
+        XCTAssertNil(try index.lookup(SyncPath("d/2"))?.wholeHash)
+        XCTAssertEqual(try index.markUnacked([SyncPath("d/1"), SyncPath("f")]), 1)
+        XCTAssertEqual(try index.lookup(SyncPath("d/1"))?.acked, false)
+    }
+
     func testMetadataAndSourceDevice() throws {
         do {
             let index = try Index(file: file)

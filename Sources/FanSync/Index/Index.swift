@@ -279,6 +279,66 @@ public final class Index {
         }
     }
 
+    /// Moves `from` and everything inside it to `to` (a rename on the backup), replacing
+    /// whatever the index held at `to`. Keys are rewritten in SQL: the key encoding maps
+    /// bytes one to one, so a path prefix is a key prefix.
+    public func renameSubtree(from: SyncPath, to: SyncPath) throws(SQLiteError) {
+        guard from != to, !from.isRoot, !to.isInside(from) else { return }
+        let old = IndexKey.encode(from), new = IndexKey.encode(to)
+        let (lower, upper) = IndexKey.descendants(of: from)
+        let (toLower, toUpper) = IndexKey.descendants(of: to)
+        let clear = try statement("DELETE FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)")
+        let move = try statement("""
+            UPDATE entries SET path = CAST(?1 || substr(path, ?2) AS BLOB)
+            WHERE path = ?3 OR (path >= ?4 AND path < ?5)
+            """)
+        try db.transaction { () throws(SQLiteError) in
+            clear.bind(1, new)
+            clear.bind(2, toLower)
+            clear.bind(3, toUpper)
+            try clear.run()
+            move.bind(1, new)
+            move.bind(2, Int64(old.count + 1))
+            move.bind(3, old)
+            move.bind(4, lower)
+            move.bind(5, upper)
+            try move.run()
+        }
+    }
+
+    /// Records content hashes computed after the fact (the first full sync fills the index
+    /// without reading files): each is stored only where the index still records the same
+    /// version and no hash yet. Returns how many rows changed.
+    @discardableResult
+    public func setHashes(_ versions: [IndexEntry]) throws(SQLiteError) -> Int {
+        let stmt = try statement("""
+            UPDATE entries SET whole_hash = ?5, chunk_hashes = ?6, link_target = ?7
+            WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND ino = ?4 AND whole_hash IS NULL
+            """)
+        return try db.transaction { () throws(SQLiteError) -> Int in
+            var n = 0
+            for e in versions {
+                stmt.bind(1, IndexKey.encode(e.path))
+                stmt.bind(2, Int64(bitPattern: e.size))
+                stmt.bind(3, e.mtimeNs)
+                stmt.bind(4, Int64(bitPattern: e.ino))
+                stmt.bind(5, e.wholeHash?.bytes)
+                stmt.bind(6, e.chunkHashes.isEmpty ? nil : e.chunkHashes)
+                stmt.bind(7, e.linkTarget)
+                try stmt.run()
+                n += db.changes
+            }
+            return n
+        }
+    }
+
+    /// Marks exactly these paths as not held by the backup in their recorded version (a
+    /// transfer saw the file change under it). Returns how many rows changed.
+    @discardableResult
+    public func markUnacked(_ paths: [SyncPath]) throws(SQLiteError) -> Int {
+        try runPerPath("UPDATE entries SET acked = 0 WHERE path = ?1 AND acked = 1", paths)
+    }
+
     // MARK: - Reads
 
     public func lookup(_ path: SyncPath) throws(SQLiteError) -> IndexEntry? {
@@ -310,6 +370,43 @@ public final class Index {
     /// and WAL checkpoints go on while a caller walks the index).
     public func entries(after: SyncPath? = nil, includeChunks: Bool = false, pageSize: Int = 1000) -> IndexEntries {
         IndexEntries(index: self, after: after, includeChunks: includeChunks, pageSize: pageSize)
+    }
+
+    /// The entries strictly inside `path`, in path order, one page at a time (the whole
+    /// index for the root).
+    public func entries(inside path: SyncPath, pageSize: Int = 1000) -> IndexEntries {
+        if path.isRoot { return entries(pageSize: pageSize) }
+        let (lower, upper) = IndexKey.descendants(of: path)
+        return IndexEntries(index: self, lowerKey: lower, upperKey: upper, includeChunks: false, pageSize: pageSize)
+    }
+
+    /// How many entries `path` and its subtree hold (all entries for the root).
+    public func countSubtree(_ path: SyncPath) throws(SQLiteError) -> Int {
+        if path.isRoot { return try count() }
+        let (lower, upper) = IndexKey.descendants(of: path)
+        let stmt = try statement("SELECT count(*) FROM entries WHERE path = ?1 OR (path >= ?2 AND path < ?3)")
+        defer { stmt.reset() }
+        stmt.bind(1, IndexKey.encode(path))
+        stmt.bind(2, lower)
+        stmt.bind(3, upper)
+        _ = try stmt.step()
+        return Int(stmt.int64(0))
+    }
+
+    /// Acknowledged files and symlinks without a content hash, in path order (at most
+    /// `limit`, strictly after `after`).
+    public func unhashed(after: SyncPath? = nil, limit: Int = 1000) throws(SQLiteError) -> [IndexEntry] {
+        let stmt = try statement("""
+            SELECT \(Self.columnsWithoutChunks) FROM entries
+            WHERE path > ?1 AND whole_hash IS NULL AND type IN (\(FileKind.regular.rawValue), \(FileKind.symlink.rawValue)) AND acked = 1
+            ORDER BY path LIMIT ?2
+            """)
+        defer { stmt.reset() }
+        stmt.bind(1, after.map { IndexKey.encode($0) } ?? [])
+        stmt.bind(2, Int64(limit))
+        var out: [IndexEntry] = []
+        while try stmt.step() { out.append(Self.entry(stmt, includeChunks: false)) }
+        return out
     }
 
     /// Entries not yet acknowledged by the backup, in path order (at most `limit`).
@@ -392,12 +489,13 @@ public final class Index {
         return s
     }
 
-    func page(after: [UInt8]?, includeChunks: Bool, limit: Int) throws(SQLiteError) -> [IndexEntry] {
+    func page(after: [UInt8]?, below upper: [UInt8]? = nil, includeChunks: Bool, limit: Int) throws(SQLiteError) -> [IndexEntry] {
         let cols = includeChunks ? Self.columns : Self.columnsWithoutChunks
-        let stmt = try statement("SELECT \(cols) FROM entries WHERE path > ?1 ORDER BY path LIMIT ?2")
+        let stmt = try statement("SELECT \(cols) FROM entries WHERE path > ?1 AND (?3 IS NULL OR path < ?3) ORDER BY path LIMIT ?2")
         defer { stmt.reset() }
         stmt.bind(1, after ?? [])
         stmt.bind(2, Int64(limit))
+        stmt.bind(3, upper)
         var out: [IndexEntry] = []
         out.reserveCapacity(limit)
         while try stmt.step() { out.append(Self.entry(stmt, includeChunks: includeChunks)) }
@@ -417,6 +515,8 @@ public final class IndexEntries: Sequence, IteratorProtocol {
     private var exhausted = false
     public private(set) var error: SQLiteError?
 
+    private var upperKey: [UInt8]?
+
     init(index: Index, after: SyncPath?, includeChunks: Bool, pageSize: Int) {
         self.index = index
         self.includeChunks = includeChunks
@@ -424,11 +524,22 @@ public final class IndexEntries: Sequence, IteratorProtocol {
         self.lastKey = after.map { IndexKey.encode($0) }
     }
 
+    /// Keys in [lowerKey, upperKey).
+    init(index: Index, lowerKey: [UInt8], upperKey: [UInt8], includeChunks: Bool, pageSize: Int) {
+        self.index = index
+        self.includeChunks = includeChunks
+        self.pageSize = Swift.max(1, pageSize)
+        // lowerKey ("path/") is never a key itself; every key inside starts with it and is
+        // longer, so "after lowerKey" starts at the first of them.
+        self.lastKey = lowerKey
+        self.upperKey = upperKey
+    }
+
     public func next() -> IndexEntry? {
         if position == buffer.count {
             if exhausted { return nil }
             do {
-                buffer = try index.page(after: lastKey, includeChunks: includeChunks, limit: pageSize)
+                buffer = try index.page(after: lastKey, below: upperKey, includeChunks: includeChunks, limit: pageSize)
             } catch {
                 self.error = error
                 exhausted = true
