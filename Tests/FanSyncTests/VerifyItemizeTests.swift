@@ -195,6 +195,7 @@ final class VerifyItemizeTests: XCTestCase {
     func testArgumentsAddTheComparisonBeforeTheEnds() throws {
         var config = MirrorConfig(name: "m", source: Array("/src".utf8), target: .local(path: Array("/dst".utf8)))
         config.rsync.extra = ["-q", "--bwlimit=10", "--quiet"]
+        config.deleteExcluded = true
         let verifier = try Verifier(config: config, log: .quiet)
         defer { verifier.close() }
         let argv = verifier.verifyArguments(verifier.transport.treeArguments(.root, deletes: true, excludeFile: "/tmp/x"))
@@ -202,6 +203,7 @@ final class VerifyItemizeTests: XCTestCase {
         XCTAssertEqual(Array(argv.suffix(6)), ["--dry-run", "--checksum", "--info=stats2", "--out-format=fansync-verify %i %n", "/src/", "/dst/"])
         XCTAssertFalse(argv.contains("-q"))
         XCTAssertFalse(argv.contains("--quiet"))
+        XCTAssertFalse(argv.contains("--delete-excluded"))
         XCTAssertTrue(argv.contains("--bwlimit=10"))
         XCTAssertTrue(argv.contains("--delete"))
         XCTAssertTrue(argv.contains("--exclude-from=/tmp/x"))

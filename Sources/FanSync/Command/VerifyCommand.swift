@@ -134,7 +134,10 @@ public enum VerifyCommand {
             ("source", .string(SyncPath.displayString(mirror.source))),
             ("target", .string(mirror.target.description)),
         ]
-        func failed(_ why: String) -> (Int32, JSON) {
+        func failed(_ reason: String) -> (Int32, JSON) {
+            // One line, whatever ssh wrote (it ends its lines with \r\n).
+            let why = reason.unicodeScalars.split { $0 == "\n" || $0 == "\r" }
+                .map { String(String.UnicodeScalarView($0)) }.filter { !$0.isEmpty }.joined(separator: " / ")
             printError("fansync verify: \(mirror.name): \(why)")
             fields.append(("error", .string(why)))
             return (2, .object(fields))
@@ -227,7 +230,7 @@ public enum VerifyCommand {
             (kind.rawValue, .number(Double(report.differences.filter { $0.kind == kind }.count)))
         })))
         fields.append(("differences", .array(report.differences.map { d in
-            var o: [(String, JSON)] = [("kind", .string(d.kind.rawValue)), ("path", .string(d.path.description)),
+            var o: [(String, JSON)] = [("kind", .string(d.kind.rawValue)), ("path", .string(d.path.isRoot ? "." : d.path.description)),
                                        ("directory", .bool(d.isDirectory)), ("details", .array(d.details.map { .string($0) }))]
             // A name that is not printable UTF-8 is shown escaped; its bytes, exactly:
             if String(validating: d.path.bytes, as: UTF8.self) != d.path.description {

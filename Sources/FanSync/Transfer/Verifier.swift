@@ -140,13 +140,15 @@ public final class Verifier {
     }
 
     /// The mirror's argv with the comparison's options added after the user's (so that they
-    /// win) and before SOURCE and TARGET; a --quiet, which would silence the itemized list,
-    /// is left out.
+    /// win) and before SOURCE and TARGET. Left out: --quiet, which would silence the
+    /// itemized list, and --delete-excluded: excluded paths are compared on neither side
+    /// (a repair could not delete them: a batch sends what the source has).
     func verifyArguments(_ argv: [[UInt8]]) -> [[UInt8]] {
         var args = argv
         let ends = Array(args.suffix(2))
         args.removeLast(2)
-        args.removeAll { $0 == Array("-q".utf8) || $0 == Array("--quiet".utf8) }
+        let dropped = ["-q", "--quiet", "--delete-excluded"].map { Array($0.utf8) }
+        args.removeAll { dropped.contains($0) }
         args += ["--dry-run", "--checksum", "--info=stats2", "--out-format=\(ItemizeParser.outFormat)"].map { Array($0.utf8) }
         return args + ends
     }
