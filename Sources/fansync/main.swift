@@ -11,6 +11,8 @@ Commands:
   run SOURCE TARGET [options]     mirror SOURCE to TARGET now and keep it mirrored
   run --config FILE               run the mirrors of a Lua config (lsyncd's vocabulary)
   status [--json]                 what the running daemon is doing, how far behind
+  verify SOURCE TARGET [options]  compare source and backup by content; --fix repairs
+  verify --config FILE            verify every mirror of a config (--name NAME: one)
   check-config FILE               load a config and print what each sync{} will do
   check-ignore [-v] PATH...       which rule excludes a path, and where
   help COMMAND                    a command's options
@@ -29,6 +31,8 @@ case "run":
     exit(RunCommand.main(args))
 case "status":
     exit(StatusCommand.main(args))
+case "verify":
+    exit(VerifyCommand.main(args))
 case "check-config":
     exit(CheckConfigCommand.run(arguments: args))
 case "check-ignore":
@@ -48,6 +52,7 @@ case "-h", "--help", "help":
         switch sub {
         case "run": print(RunCommand.help)
         case "status": print(StatusCommand.help)
+        case "verify": print(VerifyCommand.help)
         default: print(usage)
         }
     } else {

@@ -59,8 +59,11 @@ public enum RunCommand {
         public var mirrors: [MirrorConfig] = []
     }
 
-    /// Parses `run`'s arguments into the daemon's settings and mirrors.
-    public static func parse(_ arguments: [String], cwd: String = currentDirectory()) throws -> Parsed {
+    /// Parses `run`'s arguments into the daemon's settings and mirrors. Other commands that
+    /// take a mirror the same way (`verify`) pass their name and a handler for their own
+    /// options, asked first: it returns true when it took the option.
+    public static func parse(_ arguments: [String], cwd: String = currentDirectory(), command: String = "run",
+                             otherOption: ((_ option: (name: String, inline: String?), _ reader: inout ArgumentReader) throws -> Bool)? = nil) throws -> Parsed {
         var reader = ArgumentReader(arguments)
         var settings = DaemonSettings()
         var configFile: String? = nil
@@ -71,6 +74,7 @@ public enum RunCommand {
         // every mirror of the config.
         var overrides: [(inout MirrorConfig) -> Void] = []
         while let opt = reader.nextOption() {
+            if let otherOption, try otherOption(opt, &reader) { continue }
             switch opt.name {
             case "--config": configFile = try reader.value(for: opt)
             case "--exclude":
@@ -128,7 +132,7 @@ public enum RunCommand {
             case "--name": nameSet = try reader.value(for: opt)
             case "-v", "--verbose": try reader.flag(opt); settings.verbose = true
             default:
-                throw ArgumentReader.UsageError("unknown option \(opt.name) (see fansync run --help)")
+                throw ArgumentReader.UsageError("unknown option \(opt.name) (see fansync \(command) --help)")
             }
         }
         for file in excludeFiles {
@@ -157,7 +161,7 @@ public enum RunCommand {
         }
         guard reader.positional.count == 2 else {
             throw ArgumentReader.UsageError(reader.positional.count < 2
-                ? "give a SOURCE directory and a TARGET (see fansync run --help)"
+                ? "give a SOURCE directory and a TARGET (see fansync \(command) --help)"
                 : "too many arguments: \(reader.positional.dropFirst(2).joined(separator: " "))")
         }
         var m = MirrorConfig(name: "", source: absolute(reader.positional[0], cwd: cwd), target: .local(path: []))
