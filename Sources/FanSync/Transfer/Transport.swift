@@ -267,7 +267,8 @@ public final class Transport: Sendable {
     }
 
     func classify(status: Int32, errorText: String, program: String) -> TransferOutcome {
-        let lines = errorText.split(separator: "\n").filter { !$0.isEmpty }
+        // isNewline: ssh ends its lines with "\r\n", one Character that "\n" does not match.
+        let lines = errorText.split(whereSeparator: \.isNewline).filter { !$0.isEmpty }
         let text = lines.suffix(3).joined(separator: " / ")
         let rsyncLines = lines.filter { $0.contains("rsync") || $0.contains("file has vanished") }
         if status == 23 || status == 24, !rsyncLines.isEmpty,
@@ -295,13 +296,7 @@ public final class Transport: Sendable {
     public func rename(from: SyncPath, to: SyncPath) -> TransferOutcome {
         switch config.target {
         case .local(let root):
-            let a = joinPath(root, from), b = joinPath(root, to)
-            var st = stat()
-            if withCPath(a, { lstat($0, &st) }) != 0 { return .failed("not on the backup: \(from)", targetUnreachable: false) }
-            _ = makeDirectories(joinPath(root, to.parent))
-            if withCPath(a, { pa in withCPath(b, { pb in Glibc.rename(pa, pb) }) }) != 0 {
-                return .failed("rename \(from) -> \(to) on the backup: \(String(cString: strerror(errno)))", targetUnreachable: false)
-            }
+            if let why = localRename(root, from, to) { return .failed(why, targetUnreachable: false) }
             return .done(files: 0, bytes: 0)
         case .ssh(let t):
             let dir = t.directory
@@ -312,9 +307,8 @@ public final class Transport: Sendable {
             if !to.parent.isRoot { script += Array("mkdir -p -- ".utf8) + shellQuote(to.parent.bytes) + Array(" && ".utf8) }
             script += Array("mv -f -T -- ".utf8) + a + [UInt8(ascii: " ")] + b + Array("; else exit 3; fi".utf8)
             ensureMaster()
-            // The same remote shell as rsync's: ours, or the config's rsync.rsh split as rsync splits it.
-            let shell = config.rsync.rsh.map { splitCommandLine($0) + [t.destination] } ?? (sshArguments + ["--", t.destination])
-            let argv = shell.map { Array($0.utf8) } + [script]
+            // The same remote shell as rsync's.
+            let argv = remoteShell(t) + [script]
             let result: Subprocess.Result
             do { result = try Subprocess.run(argv) } catch { return .fatal("\(error)") }
             if result.status == 0 { return .done(files: 0, bytes: 0) }
