@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "CLinux.h"
+#include <sys/resource.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +73,10 @@ int clinux_statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 int clinux_set_idle_io_priority(void) {
     int prio = (CLINUX_IOPRIO_CLASS_IDLE << CLINUX_IOPRIO_CLASS_SHIFT);
     return (int)syscall(SYS_ioprio_set, CLINUX_IOPRIO_WHO_PROCESS, 0, prio);
+}
+
+int clinux_set_thread_nice(int nice) {
+    return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice);
 }
 
 int clinux_spawnattr_setup(posix_spawnattr_t *attr) {

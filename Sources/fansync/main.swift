@@ -15,6 +15,7 @@ Commands:
   verify --config FILE            verify every mirror of a config (--name NAME: one)
   check-config FILE               load a config and print what each sync{} will do
   check-ignore [-v] PATH...       which rule excludes a path, and where
+  confirm-deletes                 let the daemon send the deletes it holds (mass delete)
   help COMMAND                    a command's options
 
 Run `fansync COMMAND --help` for a command's options.
@@ -33,6 +34,8 @@ case "status":
     exit(StatusCommand.main(args))
 case "verify":
     exit(VerifyCommand.main(args))
+case "confirm-deletes":
+    exit(ConfirmDeletesCommand.main(args))
 case "check-config":
     exit(CheckConfigCommand.run(arguments: args))
 case "check-ignore":
@@ -53,6 +56,7 @@ case "-h", "--help", "help":
         case "run": print(RunCommand.help)
         case "status": print(StatusCommand.help)
         case "verify": print(VerifyCommand.help)
+        case "confirm-deletes": print(ConfirmDeletesCommand.help)
         default: print(usage)
         }
     } else {

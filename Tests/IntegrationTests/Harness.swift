@@ -151,7 +151,9 @@ final class DaemonProcess {
     init(arguments: [String], workDir: String, statusInterval: String = "0.2") throws {
         logPath = workDir + "/daemon.log"
         statusPath = workDir + "/status.json"
-        pid = try Subprocess.spawnBackground([Harness.fansyncBinary, "run"] + arguments
+        // Each test keeps its index in its own directory, never in /var/lib/fansync.
+        let state = arguments.contains("--state-dir") || arguments.contains("--no-index") ? [] : ["--state-dir", workDir + "/state"]
+        pid = try Subprocess.spawnBackground([Harness.fansyncBinary, "run"] + arguments + state
                                              + ["--status-file", statusPath, "--status-interval", statusInterval],
                                              errorPath: logPath)
     }

@@ -57,7 +57,10 @@ final class MirrorScenarioTests: XCTestCase {
         symlink("/etc/passwd", src + "/absolute-link")
         for name in Self.hostileNames { writeFile(bytesPath(src, name), name + [10]) }
 
-        var args = [src, ssh?.target(dst) ?? dst, "--backend", backend, "--max-processes", "3", "--open-file-interval", "0.5"]
+        // The scenario deletes the 5,000-file burst, most of the tree: allowed here (the
+        // delete safety that would hold it has its own tests in IndexMirrorTests).
+        var args = [src, ssh?.target(dst) ?? dst, "--backend", backend, "--max-processes", "3", "--open-file-interval", "0.5",
+                    "--allow-mass-delete"]
         args += ssh?.fansyncOptions ?? []
         let daemon = try DaemonProcess(arguments: args, workDir: work)
         defer { daemon.stop() }

@@ -37,6 +37,8 @@ int clinux_statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 
 // I/O priority: IOPRIO_CLASS_IDLE for the calling thread.
 int clinux_set_idle_io_priority(void);
+// CPU priority (nice) of the calling thread alone.
+int clinux_set_thread_nice(int nice);
 
 
 // posix_spawn helpers: make the child the leader of its own process group, and reset signals.

@@ -48,8 +48,15 @@ public enum RunCommand {
       --status-interval S       seconds between status writes (default 1)
       --log-file FILE           also log to FILE, with timestamps
       --pid-file FILE           write the daemon's pid to FILE
-      --name NAME               the mirror's name in logs and status (default: the source's
-                                directory name)
+      --name NAME               the mirror's name in logs, status and state directory
+                                (default: the source's directory name)
+      --state-dir DIR           keep each mirror's index in DIR/NAME (default
+                                /var/lib/fansync; settings.stateDir in a config)
+      --no-index                no index: every start is a full rsync, nothing is deduplicated
+      --max-delete-share S      hold a start or batch that would delete more than this share
+                                of the backup (0..1, default 0.5) until `fansync
+                                confirm-deletes`
+      --allow-mass-delete       never hold deletes (this run only)
       -v, --verbose             log every event and every path sent
       -h, --help                this help
     """
@@ -130,6 +137,16 @@ public enum RunCommand {
             case "--log-file": settings.logFile = try reader.value(for: opt)
             case "--pid-file": settings.pidFile = try reader.value(for: opt)
             case "--name": nameSet = try reader.value(for: opt)
+            case "--state-dir":
+                let v = try reader.value(for: opt)
+                guard !v.isEmpty else { throw ArgumentReader.UsageError("--state-dir: give a directory") }
+                settings.stateDir = absolute(v, cwd: cwd)
+            case "--no-index": try reader.flag(opt); overrides.append { $0.useIndex = false }
+            case "--max-delete-share":
+                let v = try reader.number(for: opt)
+                guard v <= 1 else { throw ArgumentReader.UsageError("--max-delete-share: \(v) is not a share between 0 and 1 (0.5 = half)") }
+                overrides.append { $0.maxDeleteShare = v }
+            case "--allow-mass-delete": try reader.flag(opt); settings.allowMassDelete = true
             case "-v", "--verbose": try reader.flag(opt); settings.verbose = true
             default:
                 throw ArgumentReader.UsageError("unknown option \(opt.name) (see fansync \(command) --help)")
@@ -152,6 +169,8 @@ public enum RunCommand {
             if settings.logFile != nil { parsed.settings.logFile = settings.logFile }
             if settings.pidFile != nil { parsed.settings.pidFile = settings.pidFile }
             if settings.verbose { parsed.settings.verbose = true }
+            if settings.stateDir != nil { parsed.settings.stateDir = settings.stateDir }
+            if settings.allowMassDelete { parsed.settings.allowMassDelete = true }
             parsed.mirrors = loaded.mirrors.map { mirror in
                 var c = mirror
                 for o in overrides { o(&c) }

@@ -34,17 +34,19 @@ struct ConfigBuilder {
         "maxProcesses", "maxDelays", "logident", "logfacility",
         // fansync's own
         "verbose", "stateDir", "backend", "openFileInterval", "largeFileThreshold", "rulesFile", "useGitignore",
+        "maxDeleteShare",
     ]
     /// Settings keys that are also the default of every sync{}.
     static let settingsMirrorDefaults: Set<String> = [
         "maxProcesses", "maxDelays", "backend", "openFileInterval", "largeFileThreshold", "rulesFile", "useGitignore",
+        "maxDeleteShare",
     ]
     static let syncKeys = [
         "source", "target", "host", "targetdir", "delay", "maxDelays", "maxProcesses", "init", "delete",
         "exclude", "excludeFrom", "filter", "filterFrom", "rsync", "ssh",
         // fansync's own
         "name", "backend", "openFileInterval", "rulesFile", "useGitignore", "deleteExcluded", "stateDir",
-        "largeFileThreshold",
+        "largeFileThreshold", "maxDeleteShare",
     ]
     /// lsyncd's rsync keys that map to a field of RsyncOptions.
     static let rsyncFieldKeys = [
@@ -162,7 +164,7 @@ struct ConfigBuilder {
                 else { fail(place, key, "must be a syslog facility (\(facilities.joined(separator: ", "))), got \(v.kindDescription)") }
             case "stateDir":
                 if let p = pathBytes(v, place, key) { s.stateDir = p }
-            case "backend", "openFileInterval", "largeFileThreshold", "rulesFile", "useGitignore":
+            case "backend", "openFileInterval", "largeFileThreshold", "rulesFile", "useGitignore", "maxDeleteShare":
                 var probe = MirrorConfig(name: "", source: [], target: .local(path: []))
                 applyMirrorKey(key, v, &probe, place)
             default:
@@ -355,7 +357,8 @@ struct ConfigBuilder {
                 if let problem = ConfigBuilder.nameProblem(t) { fail(place, "name", problem) } else { m.name = t; named = true }
             }
         }
-        for key in ["backend", "openFileInterval", "rulesFile", "useGitignore", "deleteExcluded", "stateDir", "largeFileThreshold"] {
+        for key in ["backend", "openFileInterval", "rulesFile", "useGitignore", "deleteExcluded", "stateDir", "largeFileThreshold",
+                    "maxDeleteShare"] {
             if let v = take(key) { applyMirrorKey(key, v, &m, place) }
         }
 
@@ -433,6 +436,10 @@ struct ConfigBuilder {
         case "useGitignore": if let b = bool(v, place, key) { m.useGitignore = b }
         case "deleteExcluded": if let b = bool(v, place, key) { m.deleteExcluded = b }
         case "stateDir": if let p = pathBytes(v, place, key) { m.stateDir = p }
+        case "maxDeleteShare":
+            if let d = number(v, place, key, min: 0, exclusive: false, what: "a share between 0 and 1 (0.5 = half)") {
+                if d > 1 { fail(place, key, "must be a share between 0 and 1 (0.5 = half), got \(d)") } else { m.maxDeleteShare = d }
+            }
         case "largeFileThreshold":
             if let n = ConfigBuilder.byteSize(v), n > 0 { m.largeFileThreshold = n }
             else { fail(place, key, "must be a size in bytes > 0: a number, or a string like \"64M\" or \"1G\" (K, M, G, T = 1024^n); got \(v.kindDescription)") }

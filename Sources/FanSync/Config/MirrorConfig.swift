@@ -42,6 +42,12 @@ public struct MirrorConfig: Sendable, Equatable {
     }
     /// Where this mirror keeps its index and queue (nil: the daemon's default state directory).
     public var stateDir: [UInt8]? = nil
+    /// Keep an index of what the backup holds (content hashes, dedup, restarts that send
+    /// only what differs); false runs on rsync alone (`--no-index`).
+    public var useIndex: Bool = true
+    /// A start or batch that would delete more than this share of what the backup holds
+    /// waits for `fansync confirm-deletes` (0…1).
+    public var maxDeleteShare: Double = 0.5
     /// Files larger than this (bytes) go to the large-file workers, in chunks.
     public var largeFileThreshold: Int64 = 64 << 20
 
@@ -182,6 +188,8 @@ public struct DaemonSettings: Sendable, Equatable {
     /// Where mirrors keep their index and queue (one subdirectory per mirror name) unless a
     /// sync{} sets its own `stateDir`; nil = the daemon's built-in default.
     public var stateDir: [UInt8]? = nil
+    /// `--allow-mass-delete`: no delete waits for `fansync confirm-deletes` in this run.
+    public var allowMassDelete: Bool = false
 
     public init() {}
 }

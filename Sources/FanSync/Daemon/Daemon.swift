@@ -27,7 +27,8 @@ public final class Daemon: @unchecked Sendable {
     }
 
     private func startMirror(_ config: MirrorConfig) throws -> Mirror {
-        let mirror = try Mirror(config: config, log: log, registry: registry)
+        let mirror = try Mirror(config: config, log: log, registry: registry, stateRoot: settings.stateDir,
+                                allowMassDelete: settings.allowMassDelete)
         mirror.onFatal = { [fatal] why in fatal.update { $0 = why } }
         mirror.onStateChange = { [dirty] in dirty.withLock { $0 = true } }
         try mirror.start()

@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 import Synchronization
 
@@ -9,6 +10,11 @@ public final class Mirror: @unchecked Sendable {
     private var subscription: WatcherRegistry.Subscription?
     private let registry: WatcherRegistry
     private var workers: [WorkerThread] = []
+    /// What the backup holds (nil with `--no-index`).
+    let index: MirrorIndex?
+    /// The start from the index, and the hashing of what the first full sync recorded.
+    private var scanThread: WorkerThread?
+    private var fillThread: WorkerThread?
     let state: Monitor<State>
     /// Called once when the mirror cannot go on (a changed host key): the daemon stops.
     var onFatal: (@Sendable (String) -> Void)?
@@ -48,11 +54,19 @@ public final class Mirror: @unchecked Sendable {
         var fatal: String? = nil
         var initialSyncDone = false
         var sourceProblem: String? = nil
+        /// Set when the index has paths without a content hash to fill.
+        var fillRequested = false
     }
 
-    public init(config: MirrorConfig, log: Logger, registry: WatcherRegistry? = nil) throws {
+    /// - Parameters:
+    ///   - stateRoot: where mirrors keep their state directories (`settings.stateDir`);
+    ///     nil: /var/lib/fansync. A mirror's own `stateDir` wins.
+    ///   - allowMassDelete: `--allow-mass-delete`: no delete waits for confirmation.
+    public init(config: MirrorConfig, log: Logger, registry: WatcherRegistry? = nil,
+                stateRoot: [UInt8]? = nil, allowMassDelete: Bool = false) throws {
         self.log = log
         self.registry = registry ?? WatcherRegistry(log: log)
+        index = config.useIndex ? try MirrorIndex(config: config, stateRoot: stateRoot, allowMassDelete: allowMassDelete, log: log) : nil
         parts = Mutex(Parts(config: config, transport: try Transport(config: config), rules: Self.makeRules(config, log: log)))
         state = Monitor(State(queue: ChangeQueue(policy: Self.policy(config))))
     }
@@ -97,13 +111,76 @@ public final class Mirror: @unchecked Sendable {
         subscription = sub
         watcher = sub.backend
         let now = monotonicNow()
-        if config.initialSync {
+        if let index, config.initialSync, case .fromIndex(let entries) = index.startMode {
+            log.info("\(config.name): starting from the index (\(entries) paths in \(SyncPath.displayString(index.directory))): only what differs is sent")
+            scanThread = WorkerThread(name: "fansync-scan") { [self] in startFromIndex() }
+        } else if config.initialSync {
+            if let index, case .fullSync(let why) = index.startMode {
+                log.info("\(config.name): \(why): the first sync is a full one, and fills the index (\(SyncPath.displayString(index.directory)))")
+            }
             state.update { $0.queue.addTree(.root, initial: true, now: now) }
         } else {
             state.update { $0.initialSyncDone = true }
         }
+        if index != nil { fillThread = WorkerThread(name: "fansync-fill") { [self] in fillLoop() } }
         state.update { $0.desiredWorkers = max(1, config.maxProcesses) }
         spawnWorkers()
+    }
+
+    /// The isExcluded test of the current rules (a reload may replace them).
+    private var excludedFilter: @Sendable (SyncPath, Bool) -> Bool {
+        { [weak self] p, isDirectory in self?.rules.isExcluded(p, isDirectory: isDirectory) ?? true }
+    }
+
+    private var isStopping: Bool { state.withLock { $0.stopping } }
+
+    /// A start with an index: the tree is walked and compared with it while live events
+    /// flow; what differs is queued as changes, deletes subject to the delete safety rules.
+    private func startFromIndex() {
+        guard let index else { return }
+        let began = monotonicNow()
+        let result = index.scan(isExcluded: excludedFilter, deletes: config.delete.onStartup, stop: { [self] in isStopping }) { [self] events in
+            guard !events.isEmpty else { return }
+            state.update { $0.queue.add(events, now: monotonicNow()) }
+        }
+        if isStopping { return }
+        // Trust the index only if the backup still looks like what it describes.
+        if let probe = transport.probeBackup(result.samples.map(\.path)),
+           let why = index.backupMismatch(root: probe.root, sizes: probe.sizes, samples: result.samples) {
+            log.warning("\(config.name): \(why): forgetting the index; full sync")
+            index.forgetEverything(why)
+            state.update { $0.queue.addTree(.root, initial: true, now: monotonicNow()) }
+            return
+        }
+        if result.tooMany {
+            log.info("\(config.name): more than \(result.changes) paths differ from the index: full sync instead")
+            state.update { $0.queue.addTree(.root, initial: true, now: monotonicNow()) }
+            return
+        }
+        state.update {
+            $0.initialSyncDone = true
+            $0.fillRequested = true
+        }
+        log.info("\(config.name): start from the index: walked \(result.walked) paths in \(format3(monotonicNow() - began)) s; \(result.changes) changed, \(result.deletes) deleted\(result.held ? " (deletes held)" : "")")
+    }
+
+    /// Hashes, in the background and at idle priority, the files the index holds without a
+    /// hash (after a full sync), so that later moves and copies of them are recognised.
+    private func fillLoop() {
+        // The lowest CPU priority for this thread alone: it must never slow the mirror.
+        _ = clinux_set_thread_nice(19)
+        _ = clinux_set_idle_io_priority()
+        while true {
+            let go: Bool = state.wait { s in
+                if s.stopping { return (false, nil) }
+                if s.fillRequested { s.fillRequested = false; return (true, nil) }
+                return (nil, nil)
+            }
+            guard go, let index else { return }
+            let began = monotonicNow()
+            let n = index.fillHashes(stop: { [self] in isStopping })
+            if n > 0 { log.info("\(config.name): index: hashed \(n) file(s) recorded by the full sync in \(format3(monotonicNow() - began)) s") }
+        }
     }
 
     /// Starts workers until as many run as the config asks for.
@@ -134,6 +211,8 @@ public final class Mirror: @unchecked Sendable {
         let rulesChanged = new.excludes != old.excludes || new.filters != old.filters || new.rulesFile != old.rulesFile
             || new.useGitignore != old.useGitignore
         let targetChanged = new.target != old.target
+        if targetChanged { index?.forgetEverything("the target changed") }
+        index?.policy.maxDeleteShare = new.maxDeleteShare
         let oldTransport = parts.withLock { p -> Transport in
             let t = p.transport
             p = Parts(config: new, transport: newTransport, rules: rulesChanged ? Self.makeRules(new, log: log) : p.rules)
@@ -195,7 +274,12 @@ public final class Mirror: @unchecked Sendable {
         }
         for w in workers { w.join() }
         workers = []
+        scanThread?.join()
+        fillThread?.join()
+        scanThread = nil
+        fillThread = nil
         transport.close()
+        index?.close()
     }
 
     // MARK: Events
@@ -314,6 +398,10 @@ public final class Mirror: @unchecked Sendable {
     /// Called about once a second: says once when the source root goes away (an unmount
     /// that no event reports) and once when it is back.
     func checkSourceRoot() {
+        if let released = index?.takeConfirmation(), !released.isEmpty {
+            let events = released.map { WatchEvent.removed($0, isDirectory: false) }
+            state.update { $0.queue.add(events, now: monotonicNow()) }
+        }
         let problem = sourceRootProblem()
         let changed = state.update { s -> Bool in
             guard s.sourceProblem != problem else { return false }
@@ -331,20 +419,44 @@ public final class Mirror: @unchecked Sendable {
         }
         switch ticket.job {
         case .sync(let paths):
-            return transport.sync(paths, deletes: config.delete.whileRunning, onStart: onStart(ticket))
+            return sync(paths, ticket: ticket)
         case .tree(let path, let initial):
             if initial { log.info("\(config.name): initial sync of \(SyncPath.displayString(config.source)) to \(config.target) begun") }
             return syncTree(path, deletes: initial ? config.delete.onStartup : config.delete.whileRunning, ticket: ticket)
         case .rename(let from, let to, let isDirectory):
             let outcome = transport.rename(from: from, to: to)
+            if case .done = outcome { index?.renamed(from: from, to: to) }
             guard case .failed(let why, let unreachable, _) = outcome, !unreachable else { return outcome }
             // The backup cannot rename (it lacks the old name, or the new one is a directory
             // still holding files): send the new name and delete the old one instead.
             log.info("\(config.name): \(why); sending \(to) instead")
-            let sent = isDirectory ? syncTree(to, deletes: true, ticket: ticket) : transport.sync([to], deletes: true, onStart: onStart(ticket))
+            let sent = isDirectory ? syncTree(to, deletes: true, ticket: ticket) : sync([to], ticket: ticket, deletes: true)
             guard case .done = sent else { return sent }
-            return transport.sync([from], deletes: config.delete.whileRunning, onStart: onStart(ticket))
+            return sync([from], ticket: ticket)
         }
+    }
+
+    /// A batch: with the index, files the backup already holds are not sent, and moves and
+    /// copies are made on the backup (see `MirrorIndex.plan`); rsync then runs over every
+    /// path and is the authority on the result.
+    private func sync(_ paths: [SyncPath], ticket: ChangeQueue.Ticket, deletes: Bool? = nil) -> TransferOutcome {
+        let deletes = deletes ?? config.delete.whileRunning
+        guard let index else { return transport.sync(paths, deletes: deletes, onStart: onStart(ticket)) }
+        let plan = index.plan(paths, deletes: deletes)
+        let (done, failure) = transport.apply(plan.ops, onStart: onStart(ticket))
+        if let failure { return failure }
+        let outcome = plan.rsyncPaths.isEmpty ? .done(files: 0, bytes: 0) : transport.sync(plan.rsyncPaths, deletes: deletes, onStart: onStart(ticket))
+        guard case .done = outcome else { return outcome }
+        index.commit(plan, deletes: deletes)
+        state.update { s in
+            s.stats.skipped += plan.skipped
+            s.stats.copied += done.copied
+            s.stats.renames += done.renamed
+        }
+        if done.renamed + done.copied + plan.skipped + plan.held > 0 {
+            log.info("\(config.name): index: \(plan.skipped) unchanged (not sent), \(done.renamed) moved and \(done.copied) copied on the backup\(plan.held > 0 ? ", \(plan.held) delete(s) held" : "")")
+        }
+        return outcome
     }
 
     private func syncTree(_ path: SyncPath, deletes: Bool, ticket: ChangeQueue.Ticket) -> TransferOutcome {
@@ -355,7 +467,15 @@ public final class Mirror: @unchecked Sendable {
             return .failed("cannot walk \(path): \(error)", targetUnreachable: false)
         }
         let patterns = RulesEngine.rsyncExcludeFile(excluded, base: path)
-        return transport.syncTree(path, deletes: deletes, excludePatterns: patterns, onStart: onStart(ticket))
+        guard let index else { return transport.syncTree(path, deletes: deletes, excludePatterns: patterns, onStart: onStart(ticket)) }
+        index.beforeTree(path, isExcluded: excludedFilter)
+        let outcome = transport.syncTree(path, deletes: deletes, excludePatterns: patterns, onStart: onStart(ticket))
+        if case .done = outcome {
+            index.afterTree(path, isExcluded: excludedFilter)
+            if path.isRoot, let probe = transport.probeBackup([]), probe.root != "missing" { index.backupRoot = probe.root }
+            state.update { $0.fillRequested = true }
+        }
+        return outcome
     }
 
     private func record(_ outcome: TransferOutcome, of ticket: ChangeQueue.Ticket, started: Double, now: Double, in s: inout State) {
@@ -412,6 +532,7 @@ public final class Mirror: @unchecked Sendable {
 
     public func status() -> MirrorStatus {
         let now = monotonicNow()
+        let hold = index?.deleteHold.withLock { ($0.heldCount, $0.message) } ?? (0, nil)
         return state.withLock { s in
             MirrorStatus(
                 name: config.name,
@@ -427,7 +548,9 @@ public final class Mirror: @unchecked Sendable {
                 lastError: s.lastError,
                 lastErrorTime: s.lastErrorTime,
                 targetReachable: s.reachable,
-                stopped: s.fatal)
+                stopped: s.fatal,
+                deletesHeld: hold.0,
+                deleteHold: hold.1)
         }
     }
 }

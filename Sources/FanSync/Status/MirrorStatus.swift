@@ -7,6 +7,10 @@ public struct MirrorStatus: Sendable, Equatable {
         public var bytesSent: Int64 = 0
         public var batches = 0
         public var renames = 0
+        /// Files whose content the backup already held (saved again unchanged): not sent.
+        public var skipped = 0
+        /// Files made on the backup from a copy it held (`cp best.pt last.pt`).
+        public var copied = 0
         public var deletes = 0
         public var retries = 0
         public var lastSyncTime: Double? = nil
@@ -26,6 +30,9 @@ public struct MirrorStatus: Sendable, Equatable {
     public var lastErrorTime: Double?
     public var targetReachable: Bool?
     public var stopped: String?
+    /// Deletes waiting for `fansync confirm-deletes`, and what to do about them.
+    public var deletesHeld = 0
+    public var deleteHold: String? = nil
 
     var json: JSON {
         .object([
@@ -43,6 +50,10 @@ public struct MirrorStatus: Sendable, Equatable {
             ("batches", .number(Double(counters.batches))),
             ("deletes", .number(Double(counters.deletes))),
             ("renames", .number(Double(counters.renames))),
+            ("skipped", .number(Double(counters.skipped))),
+            ("copied", .number(Double(counters.copied))),
+            ("deletes_held", .number(Double(deletesHeld))),
+            ("delete_hold", deleteHold.map { .string($0) } ?? .null),
             ("retries", .number(Double(counters.retries))),
             ("last_sync_time", counters.lastSyncTime.map { .number($0.rounded()) } ?? .null),
             ("last_error", lastError.map { .string($0) } ?? .null),

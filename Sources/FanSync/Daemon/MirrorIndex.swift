@@ -1,0 +1,648 @@
+import CLinux
+import CURing
+import Glibc
+import Synchronization
+
+/// A mirror's index of what the backup holds (`Index`, in the mirror's state directory),
+/// and the decisions taken from it: which changed files the backup already holds (same
+/// content: nothing sent), which deletes and creates are one move (a rename on the backup),
+/// which new files are copies of what the backup holds (a copy there), which deletes must
+/// wait for an operator, and what a start has to send at all.
+///
+/// The index is only ever a hint for what to *skip*: rsync still runs over every path of
+/// a batch and decides the final state, and a path's record is acknowledged only when the
+/// file was found unchanged (same size, mtime, inode) after the transfer that sent it.
+final class MirrorIndex: @unchecked Sendable {
+    let name: String
+    let source: [UInt8]
+    /// This mirror's state directory.
+    let directory: [UInt8]
+    let log: Logger
+    private let store: Monitor<Index>
+    let hasher: HashService
+    private let lockFD: Int32
+
+    enum StartMode: Equatable {
+        /// Walk the tree, compare it with the index, send only what differs.
+        case fromIndex(entries: Int)
+        /// A full rsync of the tree (the index fills from it); the reason for the log.
+        case fullSync(String)
+    }
+    private(set) var startMode: StartMode
+
+    /// Deletes waiting for `fansync confirm-deletes` (or refused), for the status.
+    struct DeleteHold: Sendable {
+        var held: [SyncPath] = []
+        var heldCount = 0
+        var message: String? = nil
+        /// Released by the operator: the next batch deletes these without asking again.
+        var confirmed: Set<SyncPath> = []
+        /// Deletes propagated lately (monotonic time, count): an `rm -rf` arrives in several
+        /// batches, and the share is judged on all of them together.
+        var recent: [(time: Double, count: Int)] = []
+    }
+    /// How long propagated deletes count towards the share of the next batches.
+    static let deleteWindow = 60.0
+    let deleteHold = Mutex(DeleteHold())
+    var policy: DeleteSafety.Policy
+    /// A batch deleting fewer paths than this is never held, whatever the share (a small
+    /// tree losing three of its five files is not a lost volume).
+    static let minimumHeldDeletes = 100
+
+    static let defaultStateRoot: [UInt8] = Array("/var/lib/fansync".utf8)
+
+    /// `<root>/<name>`, the name made safe as one path component.
+    static func stateDirectory(name: String, root: [UInt8]?) -> [UInt8] {
+        let safe = name.utf8.map { b -> UInt8 in
+            let c = Character(Unicode.Scalar(b))
+            return (c.isLetter || c.isNumber || b == UInt8(ascii: "-") || b == UInt8(ascii: "_") || b == UInt8(ascii: ".")) && b < 0x80 ? b : UInt8(ascii: "_")
+        }
+        let component = safe.isEmpty || safe.allSatisfy({ $0 == UInt8(ascii: ".") }) ? Array("mirror".utf8) : safe
+        return (root ?? defaultStateRoot) + [UInt8(ascii: "/")] + component
+    }
+
+    struct OpenError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    init(config: MirrorConfig, stateRoot: [UInt8]?, allowMassDelete: Bool, log: Logger) throws {
+        name = config.name
+        source = config.source
+        self.log = log
+        directory = config.stateDir ?? Self.stateDirectory(name: config.name, root: stateRoot)
+        policy = DeleteSafety.Policy(maxDeleteShare: config.maxDeleteShare, massDeleteConfirmed: allowMassDelete)
+        let dirText = SyncPath.displayString(directory)
+        guard makeDirectories(directory) else {
+            throw OpenError(description: "cannot create the state directory \(dirText): \(String(cString: strerror(errno))) (set another with --state-dir or stateDir)")
+        }
+        // One daemon per state directory: two writers would each trust an index the other changes.
+        let lockPath = directory + Array("/lock".utf8)
+        lockFD = withCPath(lockPath) { open($0, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+        guard lockFD >= 0 else {
+            throw OpenError(description: "cannot open \(dirText)/lock: \(String(cString: strerror(errno)))")
+        }
+        if flock(lockFD, LOCK_EX | LOCK_NB) != 0 {
+            var buf = [UInt8](repeating: 0, count: 32)
+            let n = pread(lockFD, &buf, 31, 0)
+            let holder = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).trimmingCharacters
+            Glibc.close(lockFD)
+            throw OpenError(description: "the state directory \(dirText) is in use by another fansync (pid \(holder)); give each mirror its own (--name or --state-dir)")
+        }
+        _ = ftruncate(lockFD, 0)
+        let pid = Array("\(getpid())\n".utf8)
+        _ = pwrite(lockFD, pid, pid.count, 0)
+
+        let file = dirText + "/index.sqlite"
+        let index: Index
+        do {
+            index = try Index(file: file, check: .quick)
+        } catch {
+            Glibc.close(lockFD)
+            throw OpenError(description: "\(error)")
+        }
+        if let recovery = index.recovery { log.error("\(config.name): \(recovery)") }
+
+        // The index describes one source on one target: anything else starts afresh.
+        let target = Array(config.target.description.utf8)
+        var mode: StartMode
+        do {
+            let count = try index.count()
+            let recordedSource = try index.metadata("source"), recordedTarget = try index.metadata("target")
+            if index.recovery != nil {
+                mode = .fullSync("the index was damaged")
+            } else if count == 0 {
+                mode = .fullSync("no index yet")
+            } else if recordedSource != config.source || recordedTarget != target {
+                try index.removeSubtree(.root)
+                try index.setMetadata("complete", nil)
+                mode = .fullSync("the index was kept for another source or target")
+            } else if try index.metadata("complete") != Array("1".utf8) {
+                mode = .fullSync("the last full sync did not finish")
+            } else {
+                mode = .fromIndex(entries: count)
+            }
+            try index.setMetadata("source", config.source)
+            try index.setMetadata("target", target)
+        } catch {
+            Glibc.close(lockFD)
+            throw OpenError(description: "\(error)")
+        }
+        startMode = mode
+        store = Monitor(index)
+        do {
+            hasher = try HashService()
+        } catch {
+            Glibc.close(lockFD)
+            throw OpenError(description: "cannot start the hasher: \(error)")
+        }
+        if let why = hasher.fallbackReason { log.warning("\(config.name): \(why)") }
+    }
+
+    /// Says the backup no longer matches the index (the target directory is gone): the
+    /// start is a full sync.
+    func forgetEverything(_ why: String) {
+        withIndex { index in
+            try index.removeSubtree(.root)
+            try index.setMetadata("complete", nil)
+        }
+        startMode = .fullSync(why)
+    }
+
+    func close() {
+        hasher.shutdown()
+        withIndex { try $0.checkpoint() }
+        Glibc.close(lockFD)
+    }
+
+    /// Runs `body` on the index; an SQLite error is logged (the index is a cache of what the
+    /// backup holds: a failed write costs a resend later, never a wrong backup).
+    @discardableResult
+    func withIndex<R>(_ body: (Index) throws -> R) -> R? {
+        store.withLock { index -> R? in
+            do { return try body(index) } catch {
+                log.error("\(name): index: \(error)")
+                return nil
+            }
+        }
+    }
+
+    var count: Int { withIndex { try $0.count() } ?? 0 }
+
+    // MARK: - Batches
+
+    /// What a batch does, decided before its rsync.
+    struct BatchPlan {
+        var ops = BackupOperations()
+        /// What rsync is given (every path of the batch, less held deletes).
+        var rsyncPaths: [SyncPath] = []
+        /// Paths found, with the version read: acknowledged after the transfer if unchanged.
+        var present: [(SyncPath, HashedEntry)] = []
+        /// Paths not found: removed from the index after the transfer (with their subtree).
+        var gone: [SyncPath] = []
+        /// Paths that could not be read (rsync reports them): unacknowledged.
+        var unreadable: [SyncPath] = []
+        var held = 0
+        var skipped = 0
+    }
+
+    /// Hashes the batch's paths (io_uring), compares them with the index, and pairs deletes
+    /// and creates of the same content.
+    func plan(_ paths: [SyncPath], deletes: Bool) -> BatchPlan {
+        var plan = BatchPlan()
+        let results = hasher.hashBlocking(paths.map { joinPath(source, $0) })
+        for (p, r) in zip(paths, results) {
+            switch r {
+            case .success(let h): plan.present.append((p, h))
+            case .failure(let e): if e.isGone { plan.gone.append(p) } else { plan.unreadable.append(p) }
+            }
+        }
+        var deleted: [RenamePairing.Deleted] = []
+        var created: [RenamePairing.Created] = []
+        var goneCounts: [SyncPath: Int] = [:]
+        let indexCount: Int = withIndex { index in
+            for (p, h) in plan.present {
+                let was = try index.lookup(p)
+                if let was, TreeComparison.contentCheck(was: was, now: h) == .sameContent {
+                    plan.skipped += 1
+                    if was.mtimeNs != h.stat.mtimeNs { plan.ops.times.append(.init(path: p, mtimeNs: h.stat.mtimeNs)) }
+                } else if let content = h.content {
+                    created.append(.init(path: p, kind: h.stat.kind, size: h.stat.size, hash: content.whole))
+                }
+            }
+            for p in plan.gone {
+                guard let was = try index.lookup(p) else { continue }
+                goneCounts[p] = was.kind == .directory ? try index.countSubtree(p) : 1
+                if deletes { deleted.append(.init(was)) }
+            }
+            return try index.count()
+        } ?? 0
+        let pairing = withIndex { index in
+            RenamePairing.plan(deleted: deleted, created: created) { hash, kind in
+                (try? index.paths(withHash: hash, kind: kind, ackedOnly: true, limit: 8)) ?? []
+            }
+        } ?? RenamePairing.Plan()
+        let mtimes = Dictionary(plan.present.map { ($0.0, $0.1.stat.mtimeNs) }, uniquingKeysWith: { a, _ in a })
+        for m in pairing.renames {
+            plan.ops.renames.append(.init(from: m.from, to: m.to))
+            if let t = mtimes[m.to] { plan.ops.times.append(.init(path: m.to, mtimeNs: t)) }
+        }
+        for m in pairing.copies {
+            plan.ops.copies.append(.init(from: m.from, to: m.to))
+            if let t = mtimes[m.to] { plan.ops.times.append(.init(path: m.to, mtimeNs: t)) }
+        }
+
+        // Deletes that are not moves: subject to the delete safety rules.
+        var release: Set<SyncPath> = []
+        var withheld: Set<SyncPath> = []
+        if deletes {
+            let moved = Set(pairing.renames.map(\.from))
+            let candidates = plan.gone.filter { !moved.contains($0) }
+            let confirmed = deleteHold.withLock { h in candidates.filter { h.confirmed.remove($0) != nil } }
+            release = Set(confirmed)
+            let unconfirmed = candidates.filter { !release.contains($0) }
+            let deleteCount = unconfirmed.reduce(0) { $0 + (goneCounts[$1] ?? 1) }
+            if deleteCount > 0 {
+                let now = monotonicNow()
+                let recent = deleteHold.withLock { h -> Int in
+                    h.recent.removeAll { now - $0.time > Self.deleteWindow }
+                    return h.recent.reduce(0) { $0 + $1.count }
+                }
+                let decision = decide(deleteCount: recent + deleteCount, indexCount: indexCount + recent, minimum: Self.minimumHeldDeletes)
+                switch decision {
+                case .allow:
+                    deleteHold.withLock { $0.recent.append((now, deleteCount)) }
+                case .hold:
+                    withheld = Set(unconfirmed)
+                    hold(unconfirmed, count: deleteCount, message: decision.description)
+                case .refuse:
+                    withheld = Set(unconfirmed)
+                    log.error("\(name): \(decision.description); \(unconfirmed.count) delete(s) dropped")
+                }
+            }
+        }
+        plan.held = withheld.count
+        plan.gone.removeAll { withheld.contains($0) }
+        plan.rsyncPaths = paths.filter { !withheld.contains($0) }
+        return plan
+    }
+
+    /// Records what the backup now holds after the batch's rsync succeeded.
+    func commit(_ plan: BatchPlan, deletes: Bool) {
+        // Acknowledge a version only if the file is still that version: a write during the
+        // transfer leaves it pending (its event follows, and dedup never skips it).
+        var acked: [IndexEntry] = []
+        var changed: [IndexEntry] = []
+        var replacedDirectories: [SyncPath] = []
+        for (p, h) in plan.present {
+            let now = FileStat.of(joinPath(source, p))
+            let entry = IndexEntry(path: p, hashed: h, acked: now.map { $0.sameVersion(as: h.stat) } ?? false)
+            if entry.acked { acked.append(entry) } else { changed.append(entry) }
+            if h.stat.kind != .directory { replacedDirectories.append(p) }
+        }
+        withIndex { index in
+            if deletes { for p in plan.gone { try index.removeSubtree(p) } }
+            // A directory replaced by a file takes its old contents' records with it.
+            for p in replacedDirectories where try index.lookup(p)?.kind == .directory { try index.removeSubtree(p) }
+            try index.upsert(acked + changed)
+            try index.markUnacked(plan.unreadable)
+        }
+    }
+
+    /// A rename done on the backup.
+    func renamed(from: SyncPath, to: SyncPath) {
+        withIndex { try $0.renameSubtree(from: from, to: to) }
+    }
+
+    // MARK: - Trees
+
+    /// The index's entries strictly inside `path`, one page at a time, each page read under
+    /// the lock (writers go on between pages; the merge only needs each page in order).
+    struct Entries: Sequence, IteratorProtocol {
+        let owner: MirrorIndex
+        let upper: [UInt8]?
+        var lastKey: [UInt8]
+        var buffer: [IndexEntry] = []
+        var position = 0
+        var exhausted = false
+
+        init(_ owner: MirrorIndex, inside path: SyncPath) {
+            self.owner = owner
+            if path.isRoot {
+                lastKey = []
+                upper = nil
+            } else {
+                (lastKey, upper) = IndexKey.descendants(of: path)
+            }
+        }
+
+        mutating func next() -> IndexEntry? {
+            if position == buffer.count {
+                if exhausted { return nil }
+                let (after, below) = (lastKey, upper)
+                buffer = owner.withIndex { try $0.page(after: after, below: below, includeChunks: false, limit: 2000) } ?? []
+                position = 0
+                exhausted = buffer.count < 2000
+                guard let last = buffer.last else { return nil }
+                lastKey = IndexKey.encode(last.path)
+            }
+            defer { position += 1 }
+            return buffer[position]
+        }
+    }
+
+    /// Paths the walk could not read (so what the index holds below them is not deleted).
+    final class WalkErrors: @unchecked Sendable {
+        private let paths = Mutex<[SyncPath]>([])
+        func add(_ p: SyncPath) { paths.withLock { $0.append(p) } }
+        func covers(_ p: SyncPath) -> Bool { paths.withLock { $0.contains { p.isInside($0) } } }
+        var isEmpty: Bool { paths.withLock { $0.isEmpty } }
+    }
+
+    func walker(under path: SyncPath, isExcluded: @escaping @Sendable (SyncPath, Bool) -> Bool, errors: WalkErrors) -> TreeWalker {
+        let name = self.name, log = self.log
+        return TreeWalker(source: source, under: path, threads: 2, isExcluded: isExcluded) { p, code in
+            errors.add(p)
+            log.warning("\(name): cannot read \(p.isRoot ? "the source root" : p.description): \(String(cString: strerror(code)))")
+        }
+    }
+
+    /// Before a recursive rsync of `path`: records the tree as it is now (new and changed
+    /// paths unacknowledged, without a hash unless only the mode changed), and forgets
+    /// what is gone. Returns false when the walk failed (the rsync still runs).
+    @discardableResult
+    func beforeTree(_ path: SyncPath, isExcluded: @escaping @Sendable (SyncPath, Bool) -> Bool) -> Bool {
+        let errors = WalkErrors()
+        var upserts: [IndexEntry] = []
+        var removals: [SyncPath] = []
+        func flush() {
+            let (u, r) = (upserts, removals)
+            upserts.removeAll(keepingCapacity: true)
+            removals.removeAll(keepingCapacity: true)
+            withIndex { index in
+                try index.remove(r)
+                try index.upsert(u)
+            }
+        }
+        if !path.isRoot, let st = FileStat.of(joinPath(source, path)) {
+            upserts.append(Self.entry(TreeEntry(path: path, stat: st), hash: nil))
+        }
+        do {
+            try TreeComparison.compare(tree: walker(under: path, isExcluded: isExcluded, errors: errors),
+                                       index: Entries(self, inside: path)) { d in
+                switch d {
+                case .new(let t), .typeChanged(let t, _):
+                    upserts.append(Self.entry(t, hash: nil))
+                case .changed(let t, let was, let reasons):
+                    // A mode change keeps the content, and its hash.
+                    upserts.append(Self.entry(t, hash: reasons.isDisjoint(with: .content) ? was : nil))
+                case .deleted(let i):
+                    if !errors.covers(i.path) { removals.append(i.path) }
+                case .unchanged, .unacknowledged:
+                    break
+                }
+                if upserts.count + removals.count >= 5000 { flush() }
+            }
+        } catch {
+            log.error("\(name): index: \(error)")
+            flush()
+            return false
+        }
+        flush()
+        return errors.isEmpty
+    }
+
+    /// After the recursive rsync of `path` succeeded: acknowledges every path still as
+    /// `beforeTree` recorded it. Marks the index complete after the full sync of the root.
+    func afterTree(_ path: SyncPath, isExcluded: @escaping @Sendable (SyncPath, Bool) -> Bool) {
+        let errors = WalkErrors()
+        var acks: [IndexEntry] = []
+        func flush() {
+            let a = acks
+            acks.removeAll(keepingCapacity: true)
+            withIndex { try $0.markAcked(versions: a) }
+        }
+        if !path.isRoot, let st = FileStat.of(joinPath(source, path)),
+           let was = withIndex({ try $0.lookup(path) }) ?? nil,
+           case .unacknowledged = TreeComparison.classify(TreeEntry(path: path, stat: st), was) {
+            acks.append(was)
+        }
+        do {
+            try TreeComparison.compare(tree: walker(under: path, isExcluded: isExcluded, errors: errors),
+                                       index: Entries(self, inside: path)) { d in
+                if case .unacknowledged(_, let i) = d { acks.append(i) }
+                if acks.count >= 5000 { flush() }
+            }
+        } catch {
+            log.error("\(name): index: \(error)")
+        }
+        flush()
+        if path.isRoot && errors.isEmpty {
+            var st = stat()
+            if withCPath(source, { stat($0, &st) }) == 0 {
+                withIndex { index in
+                    try index.setRecordedSourceDevice(UInt64(st.st_dev))
+                    try index.setMetadata("complete", Array("1".utf8))
+                }
+            }
+        }
+    }
+
+    /// The backup's root directory ("dev:ino") when the index was filled.
+    var backupRoot: String? {
+        get { withIndex { try $0.metadata("backup_root") }.flatMap { $0.map { String(decoding: $0, as: UTF8.self) } } }
+        set { withIndex { try $0.setMetadata("backup_root", newValue.map { Array($0.utf8) }) } }
+    }
+
+    /// Why the backup does not hold what the index says (nil: it does, as far as a probe of
+    /// its root and of a few files can tell).
+    func backupMismatch(root: String, sizes: [Int64], samples: [(path: SyncPath, size: UInt64)]) -> String? {
+        if root == "missing" { return "the backup directory is missing" }
+        if let recorded = backupRoot, recorded != root { return "the backup directory was replaced (\(recorded) is now \(root))" }
+        for (s, size) in zip(samples, sizes) where size != Int64(s.size) {
+            return "the backup lacks \(s.path) (or holds another version), which the index records"
+        }
+        return nil
+    }
+
+    static func entry(_ t: TreeEntry, hash from: IndexEntry?) -> IndexEntry {
+        IndexEntry(path: t.path, kind: t.stat.kind, size: t.stat.size, mtimeNs: t.stat.mtimeNs, ino: t.stat.ino,
+                   dev: t.stat.dev, mode: t.stat.mode, linkTarget: from?.linkTarget, wholeHash: from?.wholeHash,
+                   chunkHashes: from?.chunkHashes ?? [], acked: false)
+    }
+
+    /// What a start from the index found.
+    struct ScanResult {
+        var walked = 0
+        var changes = 0
+        var deletes = 0
+        var held = false
+        /// The differences were too many to queue one by one: a full rsync is needed.
+        var tooMany = false
+        /// Files the index says the backup holds unchanged, drawn at random: checked on the
+        /// backup before the index is trusted (a backup emptied or replaced under it).
+        var samples: [(path: SyncPath, size: UInt64)] = []
+    }
+
+    /// How many files a start checks on the backup.
+    static let sampleCount = 24
+
+    /// Start from the index: walks the tree, compares it with the index, and hands every
+    /// path that differs to `emit` (as events, in chunks), then the deletes, if the delete
+    /// safety rules allow them. Runs while live events flow.
+    func scan(isExcluded: @escaping @Sendable (SyncPath, Bool) -> Bool, deletes: Bool,
+              limit: Int = 200_000, stop: @escaping () -> Bool, emit: ([WatchEvent]) -> Void) -> ScanResult {
+        var result = ScanResult()
+        let errors = WalkErrors()
+        var events: [WatchEvent] = []
+        var deleteRoots: [SyncPath] = []
+        var deleteCount = 0
+        var forget: [SyncPath] = []
+        var lastDeletedDirectory: (SyncPath, Bool)? = nil
+        var seen = 0
+        let walk = walker(under: .root, isExcluded: isExcluded, errors: errors)
+        do {
+            try TreeComparison.compare(tree: walk, index: Entries(self, inside: .root)) { d in
+                if stop() { walk.cancel(); throw CancellationError() }
+                if case .deleted = d {} else { result.walked += 1 }
+                switch d {
+                case .new(let t), .changed(let t, _, _), .typeChanged(let t, _), .unacknowledged(let t, _):
+                    events.append(.changed(t.path, isDirectory: t.stat.kind == .directory, created: false, closed: true))
+                    result.changes += 1
+                case .deleted(let i):
+                    if let (dir, counts) = lastDeletedDirectory, i.path.isInside(dir) {
+                        if counts { deleteCount += 1 }
+                        return
+                    }
+                    if errors.covers(i.path) { return }
+                    let excluded = isExcluded(i.path, i.kind == .directory)
+                    if excluded {
+                        forget.append(i.path)   // newly excluded: stays on the backup
+                    } else {
+                        deleteRoots.append(i.path)
+                        deleteCount += 1
+                    }
+                    if i.kind == .directory { lastDeletedDirectory = (i.path, !excluded) }
+                case .unchanged(_, let i):
+                    if i.kind == .regular {
+                        // Reservoir sampling: every unchanged file equally likely.
+                        seen += 1
+                        if result.samples.count < Self.sampleCount { result.samples.append((i.path, i.size)) }
+                        else {
+                            let k = Int.random(in: 0..<seen)
+                            if k < Self.sampleCount { result.samples[k] = (i.path, i.size) }
+                        }
+                    }
+                }
+                if events.count >= 5000 {
+                    emit(events)
+                    events.removeAll(keepingCapacity: true)
+                }
+                if result.changes > limit {
+                    result.tooMany = true
+                    walk.cancel()
+                    throw CancellationError()
+                }
+            }
+        } catch is CancellationError {
+            emit(events)
+            return result
+        } catch {
+            log.error("\(name): \(error)")
+            emit(events)
+            return result
+        }
+        for p in forget { withIndex { try $0.removeSubtree(p) } }
+        result.deletes = deleteCount
+        guard deletes, !deleteRoots.isEmpty else {
+            emit(events)
+            return result
+        }
+        let decision = decide(deleteCount: deleteCount, indexCount: count, minimum: Self.minimumHeldDeletes)
+        switch decision {
+        case .allow:
+            // With the last changes, in one batch: a file moved while fansync was stopped is
+            // a delete and a create of the same content, made one rename on the backup.
+            emit(events + deleteRoots.map { p in .removed(p, isDirectory: false) })
+            events = []
+        case .hold:
+            result.held = true
+            hold(deleteRoots, count: deleteCount, message: "start: " + decision.description)
+        case .refuse:
+            log.error("\(name): start: \(decision.description)")
+        }
+        emit(events)
+        return result
+    }
+
+    // MARK: - Hashes after the fact
+
+    /// Hashes what the index holds without a hash (after a full sync filled it from the
+    /// tree), in batches, storing a hash only where the file is still the version the
+    /// backup acknowledged. Returns how many were stored.
+    func fillHashes(stop: () -> Bool) -> Int {
+        var after: SyncPath? = nil
+        var stored = 0
+        while !stop() {
+            let a = after
+            guard let page = withIndex({ try $0.unhashed(after: a, limit: 256) }), let last = page.last else { break }
+            after = last.path
+            let results = hasher.hashBlocking(page.map { joinPath(source, $0.path) })
+            var versions: [IndexEntry] = []
+            for (e, r) in zip(page, results) {
+                guard case .success(let h) = r, h.stat.kind == e.kind, h.stat.size == e.size,
+                      h.stat.mtimeNs == e.mtimeNs, h.stat.ino == e.ino else { continue }
+                versions.append(IndexEntry(path: e.path, hashed: h, acked: true))
+            }
+            stored += withIndex { try $0.setHashes(versions) } ?? 0
+        }
+        return stored
+    }
+
+    // MARK: - Delete safety
+
+    func decide(deleteCount: Int, indexCount: Int, minimum: Int) -> DeleteSafety.Decision {
+        var st = stat()
+        let exists = withCPath(source, { stat($0, &st) }) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+        let recorded = withIndex { try $0.recordedSourceDevice() } ?? nil
+        let facts = DeleteSafety.Facts(rootExists: exists, rootEntryCount: exists ? Self.entryCount(source, upTo: 1) : 0,
+                                       rootDevice: exists ? UInt64(st.st_dev) : nil, recordedDevice: recorded,
+                                       indexCount: indexCount, deleteCount: deleteCount)
+        var policy = self.policy
+        if deleteCount < minimum { policy.massDeleteConfirmed = true }
+        return DeleteSafety.decide(facts, policy: policy)
+    }
+
+    private func hold(_ paths: [SyncPath], count: Int, message: String) {
+        let first = deleteHold.withLock { h -> Bool in
+            let first = h.held.isEmpty
+            h.held += paths
+            h.heldCount += count
+            h.message = "holding \(h.heldCount) delete(s): run `fansync confirm-deletes` (state directory \(SyncPath.displayString(directory))) or restart with --allow-mass-delete"
+            return first
+        }
+        log.warning("\(name): \(message)\(first ? "" : " (more deletes held)")")
+    }
+
+    /// The operator's confirmation: `<state dir>/confirm-deletes`, written by `fansync
+    /// confirm-deletes`. Returns the held paths to queue again (as deletes) when present.
+    func takeConfirmation() -> [SyncPath] {
+        let file = directory + Array("/confirm-deletes".utf8)
+        var st = stat()
+        guard withCPath(file, { stat($0, &st) }) == 0 else { return [] }
+        _ = withCPath(file) { unlink($0) }
+        let released = deleteHold.withLock { h -> [SyncPath] in
+            let r = h.held
+            h.confirmed.formUnion(r)
+            h = DeleteHold(confirmed: h.confirmed)   // and the recent deletes are forgiven
+            return r
+        }
+        log.info("\(name): deletes confirmed by the operator: \(released.count) held path(s) released")
+        return released
+    }
+
+    static func entryCount(_ dir: [UInt8], upTo limit: Int) -> Int {
+        guard let d = withCPath(dir, { opendir($0) }) else { return 0 }
+        defer { closedir(d) }
+        var n = 0
+        while n < limit, let e = readdir(d) {
+            let isDot = withUnsafeBytes(of: e.pointee.d_name) { b in b[0] == 0x2E && (b[1] == 0 || (b[1] == 0x2E && b[2] == 0)) }
+            if !isDot { n += 1 }
+        }
+        return n
+    }
+}
+
+extension FileStat {
+    /// `statx` of `path`, not following a final symlink; nil when it cannot be read.
+    static func of(_ path: [UInt8]) -> FileStat? {
+        var buf = statx()
+        let rc = withCPath(path) { clinux_statx(AT_FDCWD, $0, curing_at_symlink_nofollow | curing_at_statx_sync_as_stat, FileStat.statxMask, &buf) }
+        return rc == 0 ? FileStat(statx: buf) : nil
+    }
+}
+
+extension String {
+    var trimmingCharacters: String {
+        String(self.drop { $0 == " " || $0 == "\n" }.reversed().drop { $0 == " " || $0 == "\n" }.reversed())
+    }
+}

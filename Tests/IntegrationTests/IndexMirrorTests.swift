@@ -1,0 +1,246 @@
+import FanSync
+import Foundation
+import Glibc
+import XCTest
+
+/// The index in the running daemon: what the backup already holds is not sent again
+/// (asserted through the status counters, which count rsync's own `--stats`), moves and
+/// copies are made on the backup, restarts send only what differs, a kill -9 loses
+/// nothing, and deletes that look like a lost volume wait for the operator.
+final class IndexMirrorTests: XCTestCase {
+    override func setUp() { continueAfterFailure = false }
+
+    func counter(_ d: DaemonProcess, _ key: String) -> Int { Int(d.firstSync?[key]?.number ?? -1) }
+
+    /// Waits until the counter `key` reaches at least `value` (the status is rewritten
+    /// 0.2 s after a transfer).
+    func waitCounter(_ d: DaemonProcess, _ key: String, atLeast value: Int, timeout: Double = 20,
+                     file: StaticString = #filePath, line: UInt = #line) {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if counter(d, key) >= value { return }
+            usleep(50_000)
+        }
+        XCTFail("\(key) = \(counter(d, key)), expected >= \(value); status \(d.firstSync?.serialized() ?? "none")\n\(d.log.suffix(3000))", file: file, line: line)
+    }
+
+    func testLocalDedupMovesAndCopies() throws { try dedupScenario(ssh: nil) }
+
+    func testSSHDedupMovesAndCopies() throws {
+        let server = try SSHServer()
+        defer { server.stop() }
+        try dedupScenario(ssh: server)
+    }
+
+    func dedupScenario(ssh: SSHServer?) throws {
+        guard geteuid() == 0 else { throw XCTSkip("needs root (tmpfs mount)") }
+        let work = Harness.tempDirectory("idx")
+        defer { Harness.removeTree(work) }
+        let src = work + "/source", dst = ssh?.makeBackupDirectory("idx-backup") ?? (work + "/backup")
+        mkdir(src, 0o755)
+        // A second filesystem inside the source: a move from it is a copy and a delete.
+        mkdir(src + "/scratch", 0o755)
+        XCTAssertEqual(try Subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", src + "/scratch"]).status, 0)
+        defer { _ = try? Subprocess.run(["umount", "-l", src + "/scratch"]) }
+
+        let model = randomBytes(3 << 20)
+        XCTAssertTrue(writeFile(bytesPath(src, Array("best.pt".utf8)), model))
+        let daemon = try DaemonProcess(arguments: [src, ssh?.target(dst) ?? dst] + (ssh?.fansyncOptions ?? []), workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp()
+        waitConverged(src, dst, daemon: daemon)
+        let sentAtStart = counter(daemon, "files_sent")
+
+        // Saved again with the same bytes (a new inode, through a temporary file): not sent.
+        XCTAssertTrue(writeFile(bytesPath(src, Array("-leading dash 'q' $(x)".utf8)), Array("same bytes\n".utf8)))
+        waitConverged(src, dst, daemon: daemon)
+        daemon.waitCaughtUp()
+        let skippedBefore = counter(daemon, "skipped")
+        let sentBefore = counter(daemon, "files_sent")
+        XCTAssertTrue(writeFile(bytesPath(src, Array(".best.pt.tmp".utf8)), model))
+        XCTAssertEqual(renamePath(bytesPath(src, Array(".best.pt.tmp".utf8)), bytesPath(src, Array("best.pt".utf8))), 0)
+        XCTAssertTrue(writeFile(bytesPath(src, Array("-leading dash 'q' $(x)".utf8)), Array("same bytes\n".utf8)))
+        waitCounter(daemon, "skipped", atLeast: skippedBefore + 2)
+        waitConverged(src, dst, daemon: daemon)
+        daemon.waitCaughtUp()
+        XCTAssertEqual(counter(daemon, "files_sent"), sentBefore, "a file saved unchanged was sent again")
+
+        // cp of a file the backup holds: made on the backup from its copy.
+        let copiedBefore = counter(daemon, "copied")
+        XCTAssertEqual(try Subprocess.run(["cp", src + "/best.pt", src + "/last.pt"]).status, 0)
+        waitCounter(daemon, "copied", atLeast: copiedBefore + 1)
+        waitConverged(src, dst, daemon: daemon)
+        daemon.waitCaughtUp()
+        XCTAssertEqual(counter(daemon, "files_sent"), sentBefore, "a copy of a known file was sent")
+
+        // A move across a filesystem boundary into the tree: the file was sent once, from the
+        // scratch filesystem; its move to the source's own filesystem sends nothing.
+        let moved = randomBytes(1 << 20)
+        let odd: [UInt8] = Array("new\nline ".utf8) + [0xff, 0xfe] + Array(".bin".utf8)
+        XCTAssertTrue(writeFile(bytesPath(src, Array("scratch/".utf8) + odd), moved))
+        waitConverged(src, dst, daemon: daemon)
+        daemon.waitCaughtUp()
+        let sentBeforeMove = counter(daemon, "files_sent")
+        let movesBefore = counter(daemon, "renames") + counter(daemon, "copied")
+        XCTAssertEqual(try Subprocess.run([Array("mv".utf8), Array("--".utf8), bytesPath(src, Array("scratch/".utf8) + odd),
+                                           bytesPath(src, Array("moved-".utf8) + odd)]).status, 0)
+        waitConverged(src, dst, daemon: daemon)
+        daemon.waitCaughtUp()
+        XCTAssertEqual(counter(daemon, "files_sent"), sentBeforeMove, "a moved file was sent again:\n\(daemon.log.suffix(2000))")
+        XCTAssertGreaterThan(counter(daemon, "renames") + counter(daemon, "copied"), movesBefore)
+        XCTAssertGreaterThan(sentAtStart, 0)
+        XCTAssertEqual(daemon.firstSync?["last_error"], .null, daemon.log)
+    }
+
+    /// Restarts send only what differs: unchanged files are not sent, changes made while
+    /// fansync was stopped (new, changed, touched, moved, deleted) reach the backup, and a
+    /// move is a rename there.
+    func testRestartSendsOnlyWhatDiffers() throws {
+        let work = Harness.tempDirectory("restart")
+        defer { Harness.removeTree(work) }
+        let src = work + "/source", dst = work + "/backup"
+        mkdir(src, 0o755)
+        for d in 0..<10 {
+            mkdirs(src, "d\(d)")
+            for f in 0..<30 { writeFile(src, "d\(d)/f\(f).txt", "file \(d) \(f)\n") }
+        }
+        XCTAssertTrue(writeFile(bytesPath(src, Array("big".utf8)), randomBytes(2 << 20)))
+        var daemon = try DaemonProcess(arguments: [src, dst], workDir: work)
+        daemon.waitCaughtUp()
+        waitConverged(src, dst, daemon: daemon)
+        daemon.stop()
+
+        // While stopped: one new file, one changed, one touched, one moved, one deleted.
+        writeFile(src, "new.txt", "new\n")
+        writeFile(src, "d1/f1.txt", "changed\n")
+        XCTAssertEqual(try Subprocess.run(["touch", src + "/d2/f2.txt"]).status, 0)
+        XCTAssertEqual(rename(src + "/big", src + "/d3/big-moved"), 0)
+        unlink(src + "/d4/f4.txt")
+
+        daemon = try DaemonProcess(arguments: [src, dst], workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp()
+        waitConverged(src, dst, daemon: daemon)
+        XCTAssertTrue(daemon.log.contains("starting from the index"), daemon.log)
+        // new.txt and d1/f1.txt; not the 300 unchanged files, not the moved 2 MiB file.
+        XCTAssertLessThanOrEqual(counter(daemon, "files_sent"), 2, daemon.log)
+        XCTAssertGreaterThanOrEqual(counter(daemon, "renames"), 1, daemon.log)
+        XCTAssertGreaterThanOrEqual(counter(daemon, "skipped"), 1, daemon.log)
+        XCTAssertEqual(daemon.firstSync?["last_error"], .null, daemon.log)
+    }
+
+    /// kill -9 during a 5,000-file burst, then a restart: the backup converges, and what
+    /// was acknowledged before the kill is not sent again.
+    func testKillNineDuringBurstThenRestart() throws {
+        let work = Harness.tempDirectory("kill9")
+        defer { Harness.removeTree(work) }
+        let src = work + "/source", dst = work + "/backup"
+        mkdir(src, 0o755)
+        writeFile(src, "before.txt", "before\n")
+        var daemon = try DaemonProcess(arguments: [src, dst], workDir: work)
+        daemon.waitCaughtUp()
+        for i in 0..<5000 {
+            if i % 100 == 0 { mkdirs(src, "burst/d\(i / 100)") }
+            writeFile(src, "burst/d\(i / 100)/f\(i).txt", "burst file \(i)\n")
+            if i == 2500 { usleep(300_000) }
+        }
+        // Somewhere in the middle of sending it.
+        usleep(200_000)
+        daemon.signal(SIGKILL)
+        while daemon.isRunning { usleep(10_000) }
+        let sentBeforeKill = Int(daemon.firstSync?["files_sent"]?.number ?? 0)
+        // More changes while nothing runs.
+        writeFile(src, "after.txt", "after\n")
+        XCTAssertEqual(try Subprocess.run(["rm", "-rf", "--", src + "/burst/d7"]).status, 0)
+
+        daemon = try DaemonProcess(arguments: [src, dst], workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp(timeout: 120)
+        waitConverged(src, dst, daemon: daemon, timeout: 60)
+        XCTAssertFalse(daemon.log.contains("failed its integrity check"), daemon.log)
+        let resent = counter(daemon, "files_sent")
+        XCTAssertLessThanOrEqual(resent, 5002 - min(sentBeforeKill, 4900) + 100,
+                                 "restart sent \(resent) files; \(sentBeforeKill) were acknowledged before the kill\n\(daemon.log.suffix(3000))")
+        XCTAssertEqual(daemon.firstSync?["last_error"], .null, daemon.log)
+    }
+
+    /// A batch deleting most of the backup waits for `fansync confirm-deletes`; the
+    /// backup keeps everything until then.
+    func testMassDeleteWaitsForConfirmation() throws {
+        let work = Harness.tempDirectory("massdel")
+        defer { Harness.removeTree(work) }
+        let src = work + "/source", dst = work + "/backup"
+        mkdir(src, 0o755)
+        for i in 0..<300 { mkdirs(src, "data"); writeFile(src, "data/f\(i)", "data \(i)\n") }
+        writeFile(src, "keep.txt", "keep\n")
+        let daemon = try DaemonProcess(arguments: [src, dst], workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp()
+        waitConverged(src, dst, daemon: daemon)
+
+        XCTAssertEqual(try Subprocess.run(["rm", "-rf", "--", src + "/data"]).status, 0)
+        waitCounter(daemon, "deletes_held", atLeast: 300)
+        XCTAssertNotNil(daemon.firstSync?["delete_hold"]?.string)
+        usleep(500_000)
+        // The first batches of the rm -rf may go before the share is crossed (deletes are
+        // judged over the last minute together); most of the directory stays.
+        let kept = (0..<300).filter { access(dst + "/data/f\($0)", F_OK) == 0 }.count
+        XCTAssertGreaterThanOrEqual(kept, 150, "held deletes reached the backup:\n\(daemon.log.suffix(3000))")
+        var st = stat()
+        // The operator confirms: the deletes go.
+        let confirm = try Subprocess.run([Harness.fansyncBinary, "confirm-deletes", work + "/state/source"])
+        XCTAssertEqual(confirm.status, 0, confirm.errorText)
+        waitConverged(src, dst, daemon: daemon)
+        XCTAssertEqual(counter(daemon, "deletes_held"), 0)
+
+        // A source that is empty at start while the index holds files deletes nothing.
+        daemon.stop()
+        XCTAssertEqual(try Subprocess.run(["rm", "-rf", "--", src + "/keep.txt"]).status, 0)
+        let again = try DaemonProcess(arguments: [src, dst], workDir: work)
+        defer { again.stop() }
+        again.waitCaughtUp()
+        usleep(500_000)
+        XCTAssertEqual(stat(dst + "/keep.txt", &st), 0, "an empty source root emptied the backup:\n\(again.log)")
+        XCTAssertTrue(again.log.contains("source root is empty"), again.log)
+    }
+
+    /// A damaged index is moved aside and rebuilt from a full sync, with a log line.
+    func testDamagedIndexIsRebuiltFromAFullSync() throws {
+        let work = Harness.tempDirectory("damaged")
+        defer { Harness.removeTree(work) }
+        let src = work + "/source", dst = work + "/backup"
+        mkdir(src, 0o755)
+        writeFile(src, "a.txt", "a\n")
+        var daemon = try DaemonProcess(arguments: [src, dst], workDir: work)
+        daemon.waitCaughtUp()
+        daemon.stop()
+        let file = work + "/state/source/index.sqlite"
+        XCTAssertTrue(writeFile(Array(file.utf8), Array(repeating: 0x5a, count: 8192)))
+        writeFile(src, "b.txt", "b\n")
+        daemon = try DaemonProcess(arguments: [src, dst], workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp()
+        waitConverged(src, dst, daemon: daemon)
+        XCTAssertTrue(daemon.log.contains("failed its integrity check"), daemon.log)
+        XCTAssertTrue(daemon.log.contains("the index was damaged: the first sync is a full one"), daemon.log)
+    }
+
+    /// Two daemons cannot share one state directory.
+    func testStateDirectoryIsLocked() throws {
+        let work = Harness.tempDirectory("lock")
+        defer { Harness.removeTree(work) }
+        let src = work + "/source"
+        mkdir(src, 0o755)
+        let first = try DaemonProcess(arguments: [src, work + "/b1"], workDir: work)
+        defer { first.stop() }
+        first.waitCaughtUp()
+        let second = try Subprocess.run([Harness.fansyncBinary, "run", src, work + "/b2", "--state-dir", work + "/state"])
+        XCTAssertEqual(second.status, 1)
+        XCTAssertTrue(second.errorText.contains("in use by another fansync"), second.errorText)
+    }
+
+    func randomBytes(_ n: Int) -> [UInt8] {
+        var g = SystemRandomNumberGenerator()
+        return (0..<n / 8).flatMap { _ in withUnsafeBytes(of: g.next()) { Array($0) } }
+    }
+}
