@@ -127,6 +127,16 @@ final class IndexMirrorTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(counter(daemon, "renames"), 1, daemon.log)
         XCTAssertGreaterThanOrEqual(counter(daemon, "skipped"), 1, daemon.log)
         XCTAssertEqual(daemon.firstSync?["last_error"], .null, daemon.log)
+        daemon.stop()
+
+        // The backup emptied while fansync was stopped (its directory kept): the index no
+        // longer describes it, and the start is a full sync.
+        XCTAssertEqual(try Subprocess.run(["sh", "-c", "rm -rf -- \"$1\"/* \"$1\"/.[!.]*", "sh", dst]).status, 0)
+        let third = try DaemonProcess(arguments: [src, dst], workDir: work)
+        defer { third.stop() }
+        third.waitCaughtUp()
+        waitConverged(src, dst, daemon: third)
+        XCTAssertTrue(third.log.contains("forgetting the index; full sync"), third.log)
     }
 
     /// kill -9 during a 5,000-file burst, then a restart: the backup converges, and what
