@@ -376,6 +376,50 @@ final class TreeWalkerTests: XCTestCase {
         }
     }
 
+    /// One directory with more names than a `statx` batch (512 slots), next to small
+    /// ones: the slots wrap around within a directory and across groups.
+    func testDirectoryLargerThanABatch() throws {
+        try dir("big")
+        for i in 0..<2_000 { try file("big/n\(i)", String(repeating: "z", count: i % 5)) }
+        try makeManyFiles(400, dirs: 40)
+        let expected = referenceWalk()
+        for (threads, backend) in [(1, TreeWalker.Backend.automatic), (2, .automatic), (1, .plain), (3, .plain)] {
+            let (entries, errors) = walk(threads: threads, backend: backend)
+            XCTAssertTrue(errors.isEmpty)
+            assertSameEntries(entries, expected)
+        }
+    }
+
+    /// A directory whose path from the root is longer than PATH_MAX cannot be opened
+    /// (ENAMETOOLONG): reported, its entry still yielded, the rest walked.
+    func testErrorIsReportedAndTheWalkGoesOn() throws {
+        let name = [UInt8](repeating: UInt8(ascii: "n"), count: 250)
+        var fds: [Int32] = [RulesTestSupport.withCPath(root) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }]
+        defer {
+            // Remove the chain from the bottom, through descriptors (its paths are too long).
+            for fd in fds.reversed() {
+                _ = RulesTestSupport.withCPath(name) { unlinkat(fd, $0, AT_REMOVEDIR) }
+                close(fd)
+            }
+        }
+        for _ in 0..<18 {  // 18 x 251 bytes > 4096
+            XCTAssertEqual(RulesTestSupport.withCPath(name) { mkdirat(fds.last!, $0, 0o755) }, 0)
+            fds.append(RulesTestSupport.withCPath(name) { openat(fds.last!, $0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
+        }
+        try file("after")
+        try file("before")
+        let (entries, errors) = walk()
+        XCTAssertEqual(errors.count, 1, "\(errors)")
+        XCTAssertEqual(errors.first?.1, ENAMETOOLONG)
+        let failed = errors.first?.0 ?? .root
+        XCTAssertGreaterThan(failed.bytes.count, 4000)
+        XCTAssertTrue(entries.contains { $0.path == failed && $0.stat.kind == .directory })
+        XCTAssertFalse(entries.contains { $0.path.isInside(failed) && $0.path != failed })
+        XCTAssertEqual(entries.first?.path, SyncPath("after"))
+        XCTAssertTrue(entries.contains { $0.path == SyncPath("before") })
+        assertStrictlyIncreasing(entries)
+    }
+
     // MARK: - Stopping
 
     func testDroppingTheIteratorStopsTheThreads() throws {

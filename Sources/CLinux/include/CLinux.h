@@ -55,4 +55,7 @@ int clinux_pipe_cloexec(int fds[2]);
 // Rules engine: symlink-free opens beneath a directory.
 #include "CLinuxRules.h"
 
+// Tree walk: getdents64.
+#include "CLinuxWalk.h"
+
 #endif

@@ -18,6 +18,13 @@ struct io_uring;
 struct io_uring *curing_ring_create(unsigned entries);
 void curing_ring_destroy(struct io_uring *ring);
 
+// A ring used by one thread only, for many short requests (the tree walk's statx):
+// IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN (Linux 6.1+), so completions are
+// run when that thread waits for them rather than interrupting it one by one. Falls back
+// to default flags where the kernel refuses these; *deferred tells which. Destroy with
+// curing_ring_destroy.
+struct io_uring *curing_ring_create_deferred(unsigned entries, int *deferred);
+
 // Registers `count` buffers of `size` bytes each (contiguous from `base`) for READ_FIXED.
 // Returns 0 or -errno (ENOMEM / EPERM under a small RLIMIT_MEMLOCK: use plain reads then).
 int curing_register_buffers(struct io_uring *ring, void *base, unsigned count, size_t size);

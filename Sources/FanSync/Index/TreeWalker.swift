@@ -7,18 +7,21 @@ import Synchronization
 /// `statx`, in strictly increasing `SyncPath` order: what `TreeComparison.compare` merges
 /// with the index at start and after a missed-event rescan.
 ///
-/// How: worker threads read directories ahead of the consumer (`getdents` through
-/// `readdir`, then `statx` of every entry in batches through an io_uring of their own,
-/// or plain `statx` where io_uring is refused). Each directory's names are sorted by bytes
-/// and directories are entered depth first, which is `SyncPath` order because `/` sorts
-/// before every other byte ("a" < "a/b" < "a0"). Workers always read the pending
-/// directory that comes first in that order, so the one the consumer needs next is never
-/// behind the others.
+/// How: worker threads read directories ahead of the consumer. Each takes a group of
+/// pending directories (the first in path order first, so the one the consumer needs
+/// next is never behind the others), reads their names (`getdents64`), sorts each
+/// directory's names by bytes, and `statx`es every entry: in batches through an io_uring
+/// of its own (the kernel runs them on its io-wq workers while this thread reads the
+/// next group), or with plain `statx` calls where io_uring is refused. Directories are
+/// then entered depth first, which is `SyncPath` order because `/` sorts before every
+/// other byte ("a" < "a/b" < "a0"); the consumer, on its own thread, yields entries in
+/// that order.
 ///
-/// Memory stays bounded: workers stop reading ahead once `prefetch` entries wait for the
-/// consumer (except for the directory the consumer waits on), so a walk of 1,000,000
-/// files holds a window of the tree, not the tree. What cannot be bounded is one
-/// directory: its names must all be read to be sorted, as with `ls` or `rsync`.
+/// Memory stays bounded: workers stop reading ahead once `prefetch` entries (16,384,
+/// about 2 MB) wait for the consumer, except for the directory the consumer waits on, so
+/// a walk of 1,000,000 files holds a window of the tree, not the tree (plus the
+/// directories being yielded, root to current, as any sorted walk must). What cannot be
+/// bounded is one directory: its names must all be read to be sorted, as `ls` does.
 ///
 /// Rules of the walk:
 /// - Symlinks are entries, never followed; directories are opened beneath the source root
@@ -40,11 +43,13 @@ import Synchronization
 /// Each `makeIterator()` is one walk; dropping the iterator, or `cancel()`, stops its
 /// threads. Worker threads run at idle I/O priority, like the hasher.
 public final class TreeWalker: Sequence, Sendable {
-    /// How entries are `statx`ed.
+    /// How entries are `statx`ed (Perf/hash/README.md, "Tree walk", has both measured).
     public enum Backend: Sendable, Equatable {
-        /// io_uring batches, or plain `statx` when io_uring cannot be set up.
+        /// io_uring batches, or plain `statx` when io_uring cannot be set up. Ahead where
+        /// metadata must come from the disk (many requests at once); on a warm tree it
+        /// costs somewhat more CPU than plain calls (the io-wq hand-offs).
         case automatic
-        /// One `statx` call per entry.
+        /// One `statx` call per entry, on the worker threads.
         case plain
     }
 
@@ -150,11 +155,7 @@ public final class TreeWalker: Sequence, Sendable {
     private func work(_ walk: Walk) {
         _ = clinux_set_idle_io_priority()
         let statter = makeStatter()
-        let reader = DirectoryReader(walk: walk, statter: statter, isExcluded: isExcluded, onError: onError)
-        while let directory = walk.nextDirectory() {
-            let entries = reader.read(directory)
-            walk.finished(directory, entries)
-        }
+        DirectoryReader(walk: walk, threads: threads, statter: statter, isExcluded: isExcluded, onError: onError).run()
     }
 
     private func makeStatter() -> EntryStatter {
@@ -175,7 +176,8 @@ public final class TreeWalker: Sequence, Sendable {
     }
 
     /// Yields the walk's entries in order on the caller's thread. Dropping it stops the
-    /// walk's threads and waits for them (a directory each, at most, is being read).
+    /// walk's threads and waits for them (each finishes the directories it is reading and
+    /// lets its `statx` in flight complete: milliseconds).
     public final class Iterator: IteratorProtocol {
         private let walk: Walk?
         private var threads: [WorkerThread]
@@ -301,23 +303,36 @@ private final class Walk: @unchecked Sendable {
         return body()
     }
 
-    /// Worker: the next directory to read, or nil when the walk is over (every directory
-    /// read, or stopped). Past the prefetch window, only the directory the consumer waits
-    /// for is handed out.
-    func nextDirectory() -> SyncPath? {
+    /// Worker: the next directories to read (up to `groupSize`, first in path order
+    /// first), or nil when the walk is over (every directory read, or stopped). Past the
+    /// prefetch window, only the directory the consumer waits for is handed out.
+    ///
+    /// A group rather than one directory: one lock round and one wake-up per group, and
+    /// one io_uring submission for the entries of several small directories. A group takes
+    /// no more than its share of what is pending, so the other threads have work too.
+    /// With `wait` false, returns [] at once when there is nothing to hand out now.
+    func nextDirectories(threads: Int, wait: Bool) -> [SyncPath]? {
         locked {
             while true {
                 if stopped { return nil }
                 if let first = pending.first, buffered < prefetch || first == wanted {
-                    pending.popFirst()
-                    inProgress += 1
-                    return first
+                    let share = first == wanted && buffered >= prefetch
+                        ? 1 : Swift.min(Walk.groupSize, Swift.max(1, pending.count / threads))
+                    var group: [SyncPath] = []
+                    group.reserveCapacity(share)
+                    while group.count < share, let next = pending.first {
+                        pending.popFirst()
+                        group.append(next)
+                    }
+                    inProgress += group.count
+                    return group
                 }
                 if pending.isEmpty && inProgress == 0 {
                     // Nothing left and nothing that could find more: the others end too.
                     pthread_cond_broadcast(workCond)
                     return nil
                 }
+                if !wait { return [] }
                 idleWorkers += 1
                 pthread_cond_wait(workCond, mutex)
                 idleWorkers -= 1
@@ -325,19 +340,27 @@ private final class Walk: @unchecked Sendable {
         }
     }
 
-    /// Worker: `directory`'s entries (sorted, filtered); its subdirectories become pending.
-    func finished(_ directory: SyncPath, _ entries: [TreeEntry]) {
+    /// Directories handed out together, at most.
+    static let groupSize = 8
+
+    /// Worker: the entries of each directory of `group` (sorted, filtered); their
+    /// subdirectories become pending.
+    func finished(_ group: [SyncPath], _ listings: [[TreeEntry]]) {
         locked {
-            inProgress -= 1
+            inProgress -= group.count
             guard !stopped else { return }
-            done[directory] = entries
-            buffered += entries.count
             var found = false
-            for entry in entries where entry.stat.kind == .directory {
-                pending.push(entry.path)
-                found = true
+            var waitedFor = false
+            for (directory, entries) in zip(group, listings) {
+                done[directory] = entries
+                buffered += entries.count
+                for entry in entries where entry.stat.kind == .directory {
+                    pending.push(entry.path)
+                    found = true
+                }
+                if directory == wanted { waitedFor = true }
             }
-            if consumerWaiting && wanted == directory { pthread_cond_signal(readyCond) }
+            if consumerWaiting && waitedFor { pthread_cond_signal(readyCond) }
             if idleWorkers > 0 && (found || (pending.isEmpty && inProgress == 0)) {
                 pthread_cond_broadcast(workCond)
             }
@@ -368,7 +391,8 @@ private final class Walk: @unchecked Sendable {
         }
     }
 
-    /// Ends the walk: workers return after their current directory, the consumer gets nil.
+    /// Ends the walk: workers return once their statx in flight complete, the consumer
+    /// gets nil.
     func stop() {
         locked {
             stopped = true
@@ -395,6 +419,7 @@ private struct PathHeap {
     private var items: [SyncPath] = []
 
     var isEmpty: Bool { items.isEmpty }
+    var count: Int { items.count }
     var first: SyncPath? { items.first }
 
     mutating func push(_ path: SyncPath) {
@@ -425,68 +450,244 @@ private struct PathHeap {
     }
 }
 
-// MARK: - Reading one directory
+// MARK: - Reading directories
 
-/// Reads one directory at a time on a worker thread: open beneath the root, names,
-/// sort, `statx` in batches, filter. Owns its `statx` backend (and so its ring).
-private final class DirectoryReader {
-    private let walk: Walk
-    private let statter: EntryStatter
-    private let isExcluded: @Sendable (SyncPath, Bool) -> Bool
-    private let onError: @Sendable (SyncPath, Int32) -> Void
-    /// The directory's names, each followed by a NUL (C strings for `statx`), and where
-    /// each starts: one buffer per thread rather than one allocation per name.
-    private var names: [UInt8] = []
-    private var refs: [NameRef] = []
-    private let stats: UnsafeMutablePointer<statx>
-    private var errors: [Int32]
-    private var cNames: [UnsafePointer<CChar>?]
+/// A group of directories on its way through a worker: opened, names read and sorted,
+/// `statx` jobs queued, entries built as the results come back in order.
+private final class Group {
+    var paths: [SyncPath] = []
+    /// Per directory: its descriptor (-1 when it did not open), kept open until every
+    /// `statx` relative to it has completed.
+    var fds: [Int32] = []
+    /// The names, each followed by a NUL: C strings for `statx`, at addresses that stay
+    /// put while the kernel may read them (one buffer, not one allocation per name).
+    var names = UnsafeMutablePointer<UInt8>.allocate(capacity: 4096)
+    var namesCapacity = 4096
+    var namesCount = 0
+    /// Where each name starts and its length, sorted per directory, and its directory.
+    var refs: [NameRef] = []
+    var directoryOf: [Int32] = []
+    var listings: [[TreeEntry]] = []
+    /// Jobs queued, and jobs whose result was turned into an entry (in order).
+    var queued = 0
+    var converted = 0
 
-    private struct NameRef {
+    struct NameRef {
         var start: Int32
         var length: Int32
     }
 
-    /// `statx` calls per batch (one io_uring submission).
-    static let batch = 256
+    deinit { names.deallocate() }
 
-    init(walk: Walk, statter: EntryStatter,
+    var isComplete: Bool { converted == refs.count }
+
+    func reset() {
+        paths = []
+        fds.removeAll(keepingCapacity: true)
+        namesCount = 0
+        refs.removeAll(keepingCapacity: true)
+        directoryOf.removeAll(keepingCapacity: true)
+        listings.removeAll(keepingCapacity: true)
+        queued = 0
+        converted = 0
+    }
+
+    func appendName(_ name: UnsafePointer<UInt8>, length: Int, directory: Int) {
+        if namesCount + length + 1 > namesCapacity {
+            let grown = UnsafeMutablePointer<UInt8>.allocate(capacity: Swift.max(namesCapacity * 2, namesCount + length + 1))
+            grown.update(from: names, count: namesCount)
+            names.deallocate()
+            names = grown
+            namesCapacity = Swift.max(namesCapacity * 2, namesCount + length + 1)
+        }
+        refs.append(NameRef(start: Int32(namesCount), length: Int32(length)))
+        directoryOf.append(Int32(directory))
+        (names + namesCount).update(from: name, count: length + 1)  // with its NUL
+        namesCount += length + 1
+    }
+
+    /// Byte order of one directory's names (no name holds a '/', so this is `SyncPath` order).
+    func sortNames(_ range: Range<Int>) {
+        guard range.count > 1 else { return }
+        let base = names
+        refs[range].sort { x, y in
+            let c = memcmp(base + Int(x.start), base + Int(y.start), Int(Swift.min(x.length, y.length)))
+            return c != 0 ? c < 0 : x.length < y.length
+        }
+    }
+
+    func closeAll() {
+        for i in fds.indices where fds[i] >= 0 {
+            close(fds[i])
+            fds[i] = -1
+        }
+    }
+}
+
+/// One worker's pipeline. It reads a group of directories (open, `getdents64`, sort),
+/// queues a `statx` for every name, and, while those run, reads the next group; results
+/// are turned into entries in queue order, and a group whose entries are all built is
+/// handed to the walk. At most `slots` jobs are in flight (their results are kept in
+/// place until converted) and `maxGroups` groups are in progress.
+private final class DirectoryReader {
+    private let walk: Walk
+    private let threads: Int
+    private let statter: EntryStatter
+    private let isExcluded: @Sendable (SyncPath, Bool) -> Bool
+    private let onError: @Sendable (SyncPath, Int32) -> Void
+    private var groups: [Group] = []
+    private var spare: [Group] = []
+    /// Jobs queued and converted since the start: job `n` uses slot `n % slots`.
+    private var queuedJobs = 0
+    private var convertedJobs = 0
+    private let direntBuffer: UnsafeMutableRawPointer
+    private static let direntBufferSize = 64 << 10
+
+    /// `statx` jobs in flight at most (and statx buffers: 256 bytes each).
+    static let slots = 512
+    static let maxGroups = 2
+
+    init(walk: Walk, threads: Int, statter: EntryStatter,
          isExcluded: @escaping @Sendable (SyncPath, Bool) -> Bool,
          onError: @escaping @Sendable (SyncPath, Int32) -> Void) {
         self.walk = walk
+        self.threads = threads
         self.statter = statter
         self.isExcluded = isExcluded
         self.onError = onError
-        stats = .allocate(capacity: Self.batch)
-        stats.initialize(repeating: statx(), count: Self.batch)
-        errors = Array(repeating: 0, count: Self.batch)
-        cNames = Array(repeating: nil, count: Self.batch)
+        direntBuffer = .allocate(byteCount: Self.direntBufferSize, alignment: 8)
     }
 
-    deinit { stats.deallocate() }
-
-    /// The directory's entries in path order, excluded ones left out. Empty when it cannot
-    /// be opened (reported unless it vanished) or the walk stopped.
-    func read(_ directory: SyncPath) -> [TreeEntry] {
-        let fd = open(directory)
-        if fd < 0 {
-            let code = errno
-            if directory == walk.start || !Self.vanished(code) { onError(directory, code) }
-            return []
-        }
-        guard let dir = fdopendir(fd) else {
-            onError(directory, errno)
-            close(fd)
-            return []
-        }
-        defer { closedir(dir) }
-        if let code = readNames(dir) {
-            // What was read is still there; the rest of the directory is not known.
-            onError(directory, code)
-        }
-        sortNames()
-        return statAndFilter(directory, dirFD: dirfd(dir))
+    deinit {
+        abandon()
+        direntBuffer.deallocate()
     }
+
+    /// Reads the directories the walk hands out until it ends or stops.
+    func run() {
+        while true {
+            guard let paths = walk.nextDirectories(threads: threads, wait: groups.isEmpty) else { break }
+            if paths.isEmpty {
+                // Nothing to start now: what this thread holds may be what others wait for.
+                finishOldest()
+                continue
+            }
+            start(paths)
+            if groups.count >= Self.maxGroups { finishOldest() }
+        }
+        abandon()
+    }
+
+    // MARK: Steps
+
+    private func start(_ paths: [SyncPath]) {
+        let group = spare.popLast() ?? Group()
+        group.paths = paths
+        group.listings.reserveCapacity(paths.count)
+        for (d, directory) in paths.enumerated() {
+            let fd = open(directory)
+            let first = group.refs.count
+            if fd < 0 {
+                let code = errno
+                if directory == walk.start || !Self.vanished(code) { onError(directory, code) }
+            } else if let code = readNames(fd, into: group, directory: d) {
+                // What was read is still there; the rest of the directory is not known.
+                onError(directory, code)
+            }
+            group.fds.append(fd)
+            group.sortNames(first..<group.refs.count)
+            var listing: [TreeEntry] = []
+            listing.reserveCapacity(group.refs.count - first)
+            group.listings.append(listing)
+        }
+        groups.append(group)
+        queueJobs(of: group)
+    }
+
+    /// Queues a `statx` per name; converts results whenever every slot is taken.
+    private func queueJobs(of group: Group) {
+        while group.queued < group.refs.count {
+            if queuedJobs - convertedJobs == Self.slots {
+                // Every slot taken: wait for a quarter of them rather than one at a time.
+                statter.waitForCompletions(atLeast: Self.slots / 4)
+                convertCompleted()
+                continue
+            }
+            let ref = group.refs[group.queued]
+            let fd = group.fds[Int(group.directoryOf[group.queued])]
+            let name = UnsafeRawPointer(group.names + Int(ref.start)).assumingMemoryBound(to: CChar.self)
+            statter.start(slot: queuedJobs % Self.slots, dirFD: fd, name: name)
+            group.queued += 1
+            queuedJobs += 1
+        }
+        statter.submit()
+        convertCompleted()
+    }
+
+    /// Waits until the oldest group is complete and hands it to the walk.
+    private func finishOldest() {
+        guard let oldest = groups.first else { return }
+        while !oldest.isComplete {
+            statter.waitForCompletions(atLeast: oldest.queued - oldest.converted)
+            convertCompleted()
+        }
+    }
+
+    /// Turns completed jobs into entries, oldest first, and hands every group whose jobs
+    /// are all converted to the walk.
+    private func convertCompleted() {
+        while let head = groups.first {
+            while head.converted < head.queued {
+                let slot = convertedJobs % Self.slots
+                guard statter.isDone(slot) else { return }
+                convert(head, job: head.converted, slot: slot)
+                statter.release(slot)
+                head.converted += 1
+                convertedJobs += 1
+            }
+            guard head.isComplete else { return }
+            groups.removeFirst()
+            head.closeAll()
+            let listings = walk.isStopping ? head.paths.map { _ in [] } : head.listings
+            walk.finished(head.paths, listings)
+            head.reset()
+            spare.append(head)
+        }
+    }
+
+    /// The entry for one job's result, appended to its directory's listing unless it
+    /// vanished (silently), failed (reported) or is excluded.
+    private func convert(_ group: Group, job: Int, slot: Int) {
+        let ref = group.refs[job]
+        let d = Int(group.directoryOf[job])
+        let path = Self.child(of: group.paths[d], UnsafeBufferPointer(start: group.names + Int(ref.start), count: Int(ref.length)))
+        let code = statter.error(slot)
+        if code != 0 {
+            if !Self.vanished(code) { onError(path, code) }
+            return
+        }
+        let stat = FileStat(statx: statter.result(slot))
+        if isExcluded(path, stat.kind == .directory) { return }
+        group.listings[d].append(TreeEntry(path: path, stat: stat))
+    }
+
+    /// The walk stopped (or ended): lets every job in flight complete (the kernel writes
+    /// into our buffers and resolves names against our descriptors), then closes them.
+    private func abandon() {
+        while queuedJobs > convertedJobs {
+            let slot = convertedJobs % Self.slots
+            while !statter.isDone(slot) { statter.waitForCompletions(atLeast: 1) }
+            statter.release(slot)
+            convertedJobs += 1
+        }
+        for group in groups {
+            group.closeAll()
+            walk.finished(group.paths, group.paths.map { _ in [] })
+        }
+        groups = []
+    }
+
+    // MARK: Directories
 
     /// ENOENT / ENOTDIR / ELOOP: the path is gone or is no longer a directory.
     static func vanished(_ code: Int32) -> Bool { code == ENOENT || code == ENOTDIR || code == ELOOP }
@@ -500,67 +701,26 @@ private final class DirectoryReader {
         }
     }
 
-    /// Reads every name but "." and ".."; returns the errno if reading stopped on an error.
-    private func readNames(_ dir: OpaquePointer) -> Int32? {
-        names.removeAll(keepingCapacity: true)
-        refs.removeAll(keepingCapacity: true)
-        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+    /// Appends every name but "." and ".." to the group; returns the errno if reading
+    /// stopped on an error.
+    private func readNames(_ fd: Int32, into group: Group, directory: Int) -> Int32? {
         while true {
-            errno = 0
-            guard let entry = readdir(dir) else { return errno == 0 ? nil : errno }
-            let name = UnsafeRawPointer(entry).advanced(by: nameOffset).assumingMemoryBound(to: UInt8.self)
-            let length = strlen(name)
-            if name[0] == UInt8(ascii: ".") && (length == 1 || (length == 2 && name[1] == UInt8(ascii: "."))) { continue }
-            refs.append(NameRef(start: Int32(names.count), length: Int32(length)))
-            names.append(contentsOf: UnsafeBufferPointer(start: name, count: length + 1))  // with its NUL
-        }
-    }
-
-    /// Byte order of the names (no name holds a '/', so this is `SyncPath` order).
-    private func sortNames() {
-        names.withUnsafeBufferPointer { base in
-            let b = base.baseAddress!
-            refs.sort { x, y in
-                let c = memcmp(b + Int(x.start), b + Int(y.start), Int(min(x.length, y.length)))
-                return c != 0 ? c < 0 : x.length < y.length
+            let n = clinux_getdents64(fd, direntBuffer, Self.direntBufferSize)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            if n == 0 { return nil }
+            var offset = 0
+            while offset < n {
+                let record = direntBuffer + offset
+                let name = (record + 19).assumingMemoryBound(to: UInt8.self)  // d_name
+                let length = strlen(name)
+                offset += Int(record.loadUnaligned(fromByteOffset: 16, as: UInt16.self))  // d_reclen
+                if name[0] == UInt8(ascii: ".") && (length == 1 || (length == 2 && name[1] == UInt8(ascii: "."))) { continue }
+                group.appendName(name, length: length, directory: directory)
             }
         }
-    }
-
-    /// `statx` of the names in batches; vanished entries dropped, errors reported, excluded
-    /// entries dropped.
-    private func statAndFilter(_ directory: SyncPath, dirFD: Int32) -> [TreeEntry] {
-        var entries: [TreeEntry] = []
-        entries.reserveCapacity(refs.count)
-        names.withUnsafeBufferPointer { base in
-            let b = base.baseAddress!
-            var first = 0
-            while first < refs.count {
-                if walk.isStopping { entries = []; return }
-                let count = min(Self.batch, refs.count - first)
-                for i in 0..<count {
-                    cNames[i] = UnsafeRawPointer(b + Int(refs[first + i].start)).assumingMemoryBound(to: CChar.self)
-                }
-                cNames.withUnsafeBufferPointer { c in
-                    errors.withUnsafeMutableBufferPointer { e in
-                        statter.stat(dirFD: dirFD, names: c.baseAddress!, count: count, into: stats, errors: e.baseAddress!)
-                    }
-                }
-                for i in 0..<count {
-                    let ref = refs[first + i]
-                    let path = Self.child(of: directory, UnsafeBufferPointer(start: b + Int(ref.start), count: Int(ref.length)))
-                    if errors[i] != 0 {
-                        if !Self.vanished(errors[i]) { onError(path, errors[i]) }
-                        continue
-                    }
-                    let stat = FileStat(statx: stats[i])
-                    if isExcluded(path, stat.kind == .directory) { continue }
-                    entries.append(TreeEntry(path: path, stat: stat))
-                }
-                first += count
-            }
-        }
-        return entries
     }
 
     /// `directory/name`, built in one allocation.
@@ -580,13 +740,21 @@ private final class DirectoryReader {
 
 // MARK: - statx backends
 
-/// `statx` of names relative to a directory descriptor, never following a final symlink
-/// and never triggering an automount (what `lstat` does).
+/// `statx` of names relative to directory descriptors, never following a final symlink
+/// and never triggering an automount (what `lstat` does), into numbered slots: a job is
+/// started in a free slot, and its slot holds the result until released.
 private protocol EntryStatter: AnyObject {
     var name: String { get }
-    /// Fills `out[i]`, or sets `errors[i]` to the errno (0 on success), for `count` names.
-    func stat(dirFD: Int32, names: UnsafePointer<UnsafePointer<CChar>?>, count: Int,
-              into out: UnsafeMutablePointer<statx>, errors: UnsafeMutablePointer<Int32>)
+    func start(slot: Int, dirFD: Int32, name: UnsafePointer<CChar>)
+    /// Hands the started jobs to the kernel without waiting.
+    func submit()
+    /// Waits until at least `count` more jobs complete (some must be in flight).
+    func waitForCompletions(atLeast count: Int)
+    func isDone(_ slot: Int) -> Bool
+    /// 0, or the job's errno.
+    func error(_ slot: Int) -> Int32
+    func result(_ slot: Int) -> statx
+    func release(_ slot: Int)
 }
 
 private enum StatxFlags {
@@ -595,62 +763,117 @@ private enum StatxFlags {
     static let flags: Int32 = curing_at_symlink_nofollow | curing_at_statx_sync_as_stat | noAutomount
 }
 
-/// One blocking `statx` per name: the fallback where io_uring is refused.
-private final class PlainStatter: EntryStatter {
-    let name = "statx"
+/// The slots' storage: results, errnos and completion flags.
+private final class StatSlots {
+    let results: UnsafeMutablePointer<statx>
+    let errors: UnsafeMutablePointer<Int32>
+    let done: UnsafeMutablePointer<Bool>
 
-    func stat(dirFD: Int32, names: UnsafePointer<UnsafePointer<CChar>?>, count: Int,
-              into out: UnsafeMutablePointer<statx>, errors: UnsafeMutablePointer<Int32>) {
-        for i in 0..<count {
-            let rc = clinux_statx(dirFD, names[i]!, StatxFlags.flags, FileStat.statxMask, out + i)
-            errors[i] = rc == 0 ? 0 : errno
-        }
+    init(count: Int) {
+        results = .allocate(capacity: count)
+        results.initialize(repeating: statx(), count: count)
+        errors = .allocate(capacity: count)
+        errors.initialize(repeating: 0, count: count)
+        done = .allocate(capacity: count)
+        done.initialize(repeating: false, count: count)
+    }
+
+    deinit {
+        results.deallocate()
+        errors.deallocate()
+        done.deallocate()
     }
 }
 
-/// A batch of `IORING_OP_STATX` per call, on a ring that belongs to the calling thread:
-/// one `io_uring_enter` per batch instead of one syscall per entry, and, where the
-/// metadata is not cached, the kernel works on the whole batch at once.
+/// One blocking `statx` per name, done when started: the fallback where io_uring is refused.
+private final class PlainStatter: EntryStatter {
+    let name = "statx"
+    private let slots = StatSlots(count: DirectoryReader.slots)
+
+    func start(slot: Int, dirFD: Int32, name: UnsafePointer<CChar>) {
+        let rc = clinux_statx(dirFD, name, StatxFlags.flags, FileStat.statxMask, slots.results + slot)
+        slots.errors[slot] = rc == 0 ? 0 : errno
+        slots.done[slot] = true
+    }
+
+    func submit() {}
+    func waitForCompletions(atLeast count: Int) {}
+    func isDone(_ slot: Int) -> Bool { slots.done[slot] }
+    func error(_ slot: Int) -> Int32 { slots.errors[slot] }
+    func result(_ slot: Int) -> statx { slots.results[slot] }
+    func release(_ slot: Int) { slots.done[slot] = false }
+}
+
+/// `IORING_OP_STATX` on a ring that belongs to the calling thread: one `io_uring_enter`
+/// for many entries instead of one syscall each. The kernel runs these on its io-wq
+/// workers, in parallel: on cold metadata the disk sees many requests at once, and on a
+/// warm tree the work overlaps with this thread reading the next directories.
 private final class UringStatter: EntryStatter {
-    let name = "io_uring"
+    let name: String
     private let ring: OpaquePointer
+    private let slots = StatSlots(count: DirectoryReader.slots)
+    private var inFlight = 0
+    private var prepared = 0
     private var cqeData: [UInt64]
     private var cqeRes: [Int32]
 
     init() throws(HashBackendError) {
-        let entries = UInt32(DirectoryReader.batch)
-        guard let ring = curing_ring_create(entries) else {
+        let entries = UInt32(DirectoryReader.slots)
+        var deferred: Int32 = 0
+        guard let ring = curing_ring_create_deferred(entries, &deferred) else {
             throw HashBackendError(operation: "io_uring_queue_init(\(entries))", errno: errno)
         }
         self.ring = ring
-        cqeData = Array(repeating: 0, count: DirectoryReader.batch)
-        cqeRes = Array(repeating: 0, count: DirectoryReader.batch)
+        name = deferred != 0 ? "io_uring" : "io_uring (immediate task work)"
+        cqeData = Array(repeating: 0, count: DirectoryReader.slots)
+        cqeRes = Array(repeating: 0, count: DirectoryReader.slots)
     }
 
     deinit { curing_ring_destroy(ring) }
 
-    func stat(dirFD: Int32, names: UnsafePointer<UnsafePointer<CChar>?>, count: Int,
-              into out: UnsafeMutablePointer<statx>, errors: UnsafeMutablePointer<Int32>) {
-        precondition(count <= cqeData.count)
-        for i in 0..<count {
-            // The ring has `batch` submission slots and all of them are free here.
-            let rc = curing_prep_statx(ring, UInt64(i), dirFD, names[i]!, StatxFlags.flags, FileStat.statxMask, out + i)
-            precondition(rc == 0, "io_uring submission queue full")
+    func start(slot: Int, dirFD: Int32, name: UnsafePointer<CChar>) {
+        var rc = curing_prep_statx(ring, UInt64(slot), dirFD, name, StatxFlags.flags, FileStat.statxMask, slots.results + slot)
+        if rc == -EBUSY {
+            submit()
+            rc = curing_prep_statx(ring, UInt64(slot), dirFD, name, StatxFlags.flags, FileStat.statxMask, slots.results + slot)
         }
-        var completed = 0
-        while completed < count {
-            let rc = curing_submit_and_wait(ring, UInt32(count - completed))
-            if rc < 0 && rc != -EBUSY && rc != -EAGAIN {
-                // The ring itself failed: nothing more can complete through it.
-                fatalError("io_uring_submit_and_wait: \(String(cString: strerror(-rc)))")
-            }
-            let n = Int(cqeData.withUnsafeMutableBufferPointer { d in
-                cqeRes.withUnsafeMutableBufferPointer { r in curing_reap(ring, d.baseAddress, r.baseAddress, UInt32(d.count)) }
-            })
-            for k in 0..<n {
-                errors[Int(cqeData[k])] = cqeRes[k] < 0 ? -cqeRes[k] : 0
-            }
-            completed += n
+        precondition(rc == 0, "io_uring submission queue full after submitting")
+        prepared += 1
+        inFlight += 1
+    }
+
+    func submit() {
+        guard prepared > 0 else { return }
+        enter(wait: 0)
+    }
+
+    func waitForCompletions(atLeast count: Int) {
+        precondition(inFlight > 0, "waiting for statx with none in flight")
+        enter(wait: Swift.min(count, inFlight))
+    }
+
+    func isDone(_ slot: Int) -> Bool { slots.done[slot] }
+    func error(_ slot: Int) -> Int32 { slots.errors[slot] }
+    func result(_ slot: Int) -> statx { slots.results[slot] }
+    func release(_ slot: Int) { slots.done[slot] = false }
+
+    /// Submits what is prepared, waits for `wait` completions, and records every
+    /// completion available.
+    private func enter(wait: Int) {
+        let rc = curing_submit_and_wait(ring, UInt32(wait))
+        if rc < 0 && rc != -EBUSY && rc != -EAGAIN {
+            // The ring itself failed: nothing more can complete through it.
+            fatalError("io_uring_submit_and_wait: \(String(cString: strerror(-rc)))")
         }
+        if rc > 0 { prepared -= Int(rc) }
+        let n = Int(cqeData.withUnsafeMutableBufferPointer { d in
+            cqeRes.withUnsafeMutableBufferPointer { r in curing_reap(ring, d.baseAddress, r.baseAddress, UInt32(d.count)) }
+        })
+        for k in 0..<n {
+            let slot = Int(cqeData[k])
+            slots.errors[slot] = cqeRes[k] < 0 ? -cqeRes[k] : 0
+            slots.done[slot] = true
+        }
+        inFlight -= n
     }
 }
