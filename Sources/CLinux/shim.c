@@ -79,19 +79,6 @@ int clinux_set_thread_nice(int nice) {
     return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice);
 }
 
-int clinux_spawnattr_setup(posix_spawnattr_t *attr) {
-    int r = posix_spawnattr_init(attr);
-    if (r) return r;
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    r |= posix_spawnattr_setsigmask(attr, &none);
-    r |= posix_spawnattr_setsigdefault(attr, &all);
-    r |= posix_spawnattr_setpgroup(attr, 0);
-    r |= posix_spawnattr_setflags(attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
-    return r;
-}
-
 int clinux_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
 }
@@ -152,4 +139,73 @@ void clinux_openlog(const char *ident, int facility) {
 
 void clinux_syslog(int priority, const char *message) {
     syslog(priority, "%s", message);
+}
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <limits.h>
+
+// The program `file` names: itself when it holds a '/', else the first executable of that
+// name on PATH. Done before the fork, so that the child only makes system calls.
+static int clinux_resolve(const char *file, char *out, size_t size) {
+    if (strchr(file, '/')) {
+        if (strlen(file) >= size) { errno = ENAMETOOLONG; return -1; }
+        strcpy(out, file);
+        return 0;
+    }
+    const char *path = getenv("PATH");
+    if (!path || !*path) path = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+    int last = ENOENT;
+    for (const char *p = path; ; ) {
+        const char *end = strchr(p, ':');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len + 1 + strlen(file) + 1 <= size) {
+            if (len == 0) { out[0] = '.'; len = 1; } else memcpy(out, p, len);
+            out[len] = '/';
+            strcpy(out + len + 1, file);
+            if (access(out, X_OK) == 0) return 0;
+            if (errno != ENOENT && errno != ENOTDIR) last = errno;
+        }
+        if (!end) break;
+        p = end + 1;
+    }
+    errno = last;
+    return -1;
+}
+
+pid_t clinux_spawn(const char *file, char *const argv[], char *const envp[], int fd0, int fd1, int fd2,
+                   int *error) {
+    char path[PATH_MAX];
+    if (clinux_resolve(file, path, sizeof path) != 0) { *error = errno; return -1; }
+    pid_t parent = getpid();
+    volatile int child_errno = 0;
+    pid_t pid = vfork();
+    if (pid == 0) {
+        // Dies with the thread that started it: a daemon killed with SIGKILL leaves no
+        // rsync behind writing into the backup (SIGTERM: rsync removes its temporary file).
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) _exit(127);
+        setpgid(0, 0);
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        for (int s = 1; s < NSIG; s++) sigaction(s, &dfl, NULL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (dup2(fd0, 0) < 0 || dup2(fd1, 1) < 0 || dup2(fd2, 2) < 0) { child_errno = errno; _exit(127); }
+        execve(path, argv, envp);
+        child_errno = errno;
+        _exit(127);
+    }
+    if (pid < 0) { *error = errno; return -1; }
+    if (child_errno != 0) {
+        // vfork: the child ran (and failed) before the parent resumed.
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+        *error = child_errno;
+        return -1;
+    }
+    return pid;
 }

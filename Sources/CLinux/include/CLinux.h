@@ -41,8 +41,6 @@ int clinux_set_idle_io_priority(void);
 int clinux_set_thread_nice(int nice);
 
 
-// posix_spawn helpers: make the child the leader of its own process group, and reset signals.
-int clinux_spawnattr_setup(posix_spawnattr_t *attr);
 // Keeps only the named capabilities (comma-separated) in the effective, permitted and
 // bounding sets; *dropped_bounding counts what left the bounding set. 0 or -1 with errno.
 int clinux_restrict_capabilities(const char *keep_text, int *dropped_bounding);
@@ -51,6 +49,12 @@ void clinux_openlog(const char *ident, int facility);
 void clinux_syslog(int priority, const char *message);
 // pipe2(fds, O_CLOEXEC).
 int clinux_pipe_cloexec(int fds[2]);
+
+// Starts `file` (searched on PATH) with `argv` and `envp`, stdin/stdout/stderr on fd0..fd2,
+// in its own process group, signals reset, and SIGTERM when the starting thread dies.
+// Returns the pid, or -1 with *error set (exec failures included).
+pid_t clinux_spawn(const char *file, char *const argv[], char *const envp[], int fd0, int fd1, int fd2,
+                   int *error);
 
 // Rules engine: symlink-free opens beneath a directory.
 #include "CLinuxRules.h"

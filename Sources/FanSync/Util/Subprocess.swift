@@ -2,8 +2,10 @@ import CLinux
 import Glibc
 import Synchronization
 
-/// A child process started with `posix_spawn`, arguments passed as bytes (never through a
-/// shell), in its own process group so that stopping it stops what it started.
+/// A child process started with `vfork` + `execve` (`clinux_spawn`), arguments passed as
+/// bytes (never through a shell), in its own process group so that stopping it stops what
+/// it started, and sent SIGTERM if the thread that started it dies (a daemon killed with
+/// SIGKILL leaves no rsync running on its own).
 public struct Subprocess {
     public struct Result: Sendable {
         public var status: Int32          // exit code, or 128+signal
@@ -31,16 +33,6 @@ public struct Subprocess {
         guard clinux_pipe_cloexec(&inPipe) == 0, clinux_pipe_cloexec(&outPipe) == 0, clinux_pipe_cloexec(&errPipe) == 0 else {
             throw Failure.spawn(String(decoding: argv[0], as: UTF8.self), errno)
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
-        var attr = posix_spawnattr_t()
-        _ = clinux_spawnattr_setup(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-
         let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { bytes in
             let p = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count + 1)
             for (i, b) in bytes.enumerated() { p[i] = CChar(bitPattern: b) }
@@ -54,17 +46,17 @@ public struct Subprocess {
         }
         defer { for p in envStrings { free(p) } }
 
-        var pid: pid_t = 0
-        let rc: Int32 = cArgs.withUnsafeBufferPointer { argvBuf in
+        var rc: Int32 = 0
+        let pid: pid_t = cArgs.withUnsafeBufferPointer { argvBuf in
             if environment != nil {
                 return envStrings.withUnsafeBufferPointer { envBuf in
-                    posix_spawnp(&pid, argvBuf[0]!, &actions, &attr, argvBuf.baseAddress!, envBuf.baseAddress!)
+                    clinux_spawn(argvBuf[0]!, argvBuf.baseAddress!, envBuf.baseAddress!, inPipe[0], outPipe[1], errPipe[1], &rc)
                 }
             }
-            return posix_spawnp(&pid, argvBuf[0]!, &actions, &attr, argvBuf.baseAddress!, environ)
+            return clinux_spawn(argvBuf[0]!, argvBuf.baseAddress!, environ, inPipe[0], outPipe[1], errPipe[1], &rc)
         }
         close(inPipe[0]); close(outPipe[1]); close(errPipe[1])
-        if rc != 0 {
+        if pid < 0 {
             close(inPipe[1]); close(outPipe[0]); close(errPipe[0])
             throw Failure.spawn(String(decoding: argv[0], as: UTF8.self), rc)
         }
@@ -112,20 +104,15 @@ public struct Subprocess {
     /// Starts `argv` in the background with stdin and stdout on /dev/null and stderr
     /// appended to `errorPath`; the caller reaps it with `waitpid`.
     public static func spawnBackground(_ argv: [String], errorPath: String) throws -> pid_t {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, errorPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        var attr = posix_spawnattr_t()
-        _ = clinux_spawnattr_setup(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
+        let null0 = open("/dev/null", O_RDONLY | O_CLOEXEC), null1 = open("/dev/null", O_WRONLY | O_CLOEXEC)
+        let err = open(errorPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        defer { for fd in [null0, null1, err] where fd >= 0 { close(fd) } }
+        guard null0 >= 0, null1 >= 0, err >= 0 else { throw Failure.spawn(argv[0], errno) }
         let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
         defer { for p in cArgs { free(p) } }
-        var pid: pid_t = 0
-        let rc = cArgs.withUnsafeBufferPointer { posix_spawnp(&pid, $0[0]!, &actions, &attr, $0.baseAddress!, environ) }
-        if rc != 0 { throw Failure.spawn(argv[0], rc) }
+        var rc: Int32 = 0
+        let pid = cArgs.withUnsafeBufferPointer { clinux_spawn($0[0]!, $0.baseAddress!, environ, null0, null1, err, &rc) }
+        if pid < 0 { throw Failure.spawn(argv[0], rc) }
         return pid
     }
 
