@@ -10,8 +10,11 @@ public final class Mirror: @unchecked Sendable {
     private var subscription: WatcherRegistry.Subscription?
     private let registry: WatcherRegistry
     private var workers: [WorkerThread] = []
-    /// What the backup holds (nil with `--no-index`).
-    let index: MirrorIndex?
+    /// What the backup holds (nil with `--no-index`). Opened by `start`, after the watcher
+    /// (checking a large index takes a moment, and no change may go unseen meanwhile).
+    private(set) var index: MirrorIndex?
+    private let stateRoot: [UInt8]?
+    private let allowMassDelete: Bool
     /// The start from the index, and the hashing of what the first full sync recorded.
     private var scanThread: WorkerThread?
     private var fillThread: WorkerThread?
@@ -66,7 +69,8 @@ public final class Mirror: @unchecked Sendable {
                 stateRoot: [UInt8]? = nil, allowMassDelete: Bool = false) throws {
         self.log = log
         self.registry = registry ?? WatcherRegistry(log: log)
-        index = config.useIndex ? try MirrorIndex(config: config, stateRoot: stateRoot, allowMassDelete: allowMassDelete, log: log) : nil
+        self.stateRoot = stateRoot
+        self.allowMassDelete = allowMassDelete
         parts = Mutex(Parts(config: config, transport: try Transport(config: config), rules: Self.makeRules(config, log: log)))
         state = Monitor(State(queue: ChangeQueue(policy: Self.policy(config))))
     }
@@ -110,6 +114,15 @@ public final class Mirror: @unchecked Sendable {
         let sub = try subscribe(registry)
         subscription = sub
         watcher = sub.backend
+        if config.useIndex {
+            do {
+                index = try MirrorIndex(config: config, stateRoot: stateRoot, allowMassDelete: allowMassDelete, log: log)
+            } catch {
+                registry.unsubscribe(sub)
+                subscription = nil
+                throw error
+            }
+        }
         let now = monotonicNow()
         if let index, config.initialSync, case .fromIndex(let entries) = index.startMode {
             log.info("\(config.name): starting from the index (\(entries) paths in \(SyncPath.displayString(index.directory))): only what differs is sent")

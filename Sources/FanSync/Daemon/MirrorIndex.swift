@@ -479,6 +479,7 @@ final class MirrorIndex: @unchecked Sendable {
         var forget: [SyncPath] = []
         var lastDeletedDirectory: (SyncPath, Bool)? = nil
         var seen = 0
+        var rng = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
         let walk = walker(under: .root, isExcluded: isExcluded, errors: errors)
         do {
             try TreeComparison.compare(tree: walk, index: Entries(self, inside: .root)) { d in
@@ -508,7 +509,8 @@ final class MirrorIndex: @unchecked Sendable {
                         seen += 1
                         if result.samples.count < Self.sampleCount { result.samples.append((i.path, i.size)) }
                         else {
-                            let k = Int.random(in: 0..<seen)
+                            // A cheap generator: the system one costs a syscall per call.
+                            let k = Int(rng.next() % UInt64(seen))
                             if k < Self.sampleCount { result.samples[k] = (i.path, i.size) }
                         }
                     }
@@ -644,5 +646,18 @@ extension FileStat {
 extension String {
     var trimmingCharacters: String {
         String(self.drop { $0 == " " || $0 == "\n" }.reversed().drop { $0 == " " || $0 == "\n" }.reversed())
+    }
+}
+
+/// SplitMix64: a fast, good-enough generator for sampling (not for secrets).
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
