@@ -465,6 +465,29 @@ final class TreeWalkerTests: XCTestCase {
         XCTAssertTrue(Array(walker).isEmpty, "a cancelled walker stays cancelled")
     }
 
+    /// Cancelling while a worker is in the middle of one large directory: its `statx`
+    /// stop being queued, the walk ends at once.
+    func testCancelDuringALargeDirectory() throws {
+        try dir("big")
+        for i in 0..<20_000 { try file("big/f\(i)", "") }
+        for (threads, backend) in [(1, TreeWalker.Backend.automatic), (2, .plain)] {
+            let walker = TreeWalker(source: root, threads: threads, backend: backend)
+            let iterator = walker.makeIterator()
+            XCTAssertEqual(iterator.next()?.path, SyncPath("big"))
+            // The worker is now reading "big"; cancel from another thread while it does.
+            let canceller = WorkerThread(name: "test-cancel") {
+                usleep(2_000)
+                walker.cancel()
+            }
+            let started = monotonicNow()
+            var after = 0
+            while iterator.next() != nil { after += 1 }
+            canceller.join()
+            XCTAssertLessThan(monotonicNow() - started, 5)
+            XCTAssertLessThan(after, 20_000, "the walk went on after cancel()")
+        }
+    }
+
     /// A consumer blocked waiting for a listing is woken by `cancel()`.
     func testCancelWakesABlockedConsumer() throws {
         try makeManyFiles(200, dirs: 20)

@@ -6,8 +6,15 @@
 //   fansync-hashbench chunks [MiB]         ContentHasher throughput per chunk size, in memory
 //   fansync-hashbench buffers DIR          io_uring reader: buffer size and count on DIR/big
 //   fansync-hashbench index FILE [N]       the SQLite index with N entries (default 1,000,000)
+//   fansync-hashbench walk DIR [N...]      TreeWalker vs `find -printf` on N files in N/10
+//                                          directories under DIR (a tmpfs; default 100,000 and
+//                                          1,000,000), median of 3, peak RSS
+//   fansync-hashbench walktree DIR N       only make (or find) the tree of N files under DIR
+//   fansync-hashbench walkonce DIR THREADS uring|plain   one walk of DIR, timed (for cold
+//                                          runs: remount DIR's filesystem before each)
 //
 // Names are passed to xxhsum as argv entries (posix_spawn), never through a shell.
+import CLinux
 import FanSync
 import Glibc
 
@@ -343,8 +350,107 @@ func smallOnly(_ dir: String) {
     line("plain", bytes: 0, files: smallCount, measure(3) { _ = hashAll(PlainReader(), small) })
 }
 
+// MARK: - Tree walk
+
+/// DIR/walk-N: N files in N/10 directories of 10, grouped 100 directories to a group
+/// (g0000/d000000/f0000000). Files are sparse (`ftruncate` to 0 ... 9,999 bytes): sizes to
+/// stat without a page of tmpfs each. Reused when its marker file exists.
+func makeWalkTree(_ dir: String, _ n: Int) -> (path: String, entries: Int) {
+    let base = "\(dir)/walk-\(n)"
+    let dirs = max(1, n / 10), groups = max(1, (dirs + 99) / 100)
+    let entries = n + dirs + groups
+    var st = stat()
+    if stat(base + "/.complete", &st) == 0 { return (base, entries + 1) }
+    let t0 = now()
+    mkdir(base, 0o755)
+    for g in 0..<groups { mkdir(base + "/g" + String(g).leftPad(4), 0o755) }
+    for d in 0..<dirs { mkdir(base + "/g" + String(d / 100).leftPad(4) + "/d" + String(d).leftPad(6), 0o755) }
+    for i in 0..<n {
+        let d = i % dirs
+        let path = base + "/g" + String(d / 100).leftPad(4) + "/d" + String(d).leftPad(6) + "/f" + String(i).leftPad(7)
+        let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+        if fd < 0 { fail("create \(path): \(String(cString: strerror(errno)))") }
+        ftruncate(fd, off_t(i % 10_000))
+        close(fd)
+    }
+    writeFile(base + "/.complete", UnsafeRawBufferPointer(start: nil, count: 0))
+    print("  made \(base): \(n) files in \(dirs) directories (\(groups) groups) in \(fixed(now() - t0, 1)) s")
+    return (base, entries + 1)
+}
+
+/// Runs a program with stdout on /dev/null (no shell); returns its exit status.
+func spawnQuiet(_ argv: [String]) -> Int32 {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    var cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+    defer { for p in cArgs { free(p) } }
+    var pid = pid_t()
+    guard posix_spawnp(&pid, argv[0], &actions, nil, &cArgs, environ) == 0 else { fail("spawn \(argv[0])") }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    return status
+}
+
+/// User + system CPU seconds of this process (every thread, io_uring's io-wq workers
+/// included: they belong to the process) or of its waited-for children.
+func cpuSeconds(_ who: __rusage_who = RUSAGE_SELF) -> Double {
+    var u = rusage()
+    getrusage(who.rawValue, &u)
+    return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
+}
+
+/// Consumes a walk as the daemon's comparison would: every entry looked at, in order.
+func walkOnce(_ root: String, threads: Int, backend: TreeWalker.Backend) -> (entries: Int, errors: Int, backends: Set<String>) {
+    let errors = Monitor(0)
+    let walker = TreeWalker(source: bytesOf(root), threads: threads, backend: backend,
+                            onError: { _, _ in errors.withLock { $0 += 1 } })
+    var count = 0
+    var sizes: UInt64 = 0
+    var previous: SyncPath?
+    for entry in walker {
+        if let previous, !(previous < entry.path) { fail("out of order: \(entry.path) after \(previous)") }
+        previous = entry.path
+        count += 1
+        sizes &+= entry.stat.size
+    }
+    return (count, errors.withLock { $0 }, walker.backendsUsed)
+}
+
+func walkBench(_ dir: String, _ counts: [Int]) {
+    var fs = statfs()
+    if statfs(dir, &fs) != 0 { fail("statfs \(dir): \(String(cString: strerror(errno)))") }
+    if fs.f_type != 0x0102_1994 { print("note: \(dir) is not a tmpfs (f_type \(fs.f_type)); figures include the disk") }
+    for n in counts {
+        let (root, expected) = makeWalkTree(dir, n)
+        let rssBefore = maxRSSMiB()
+        print("\(n) files in \(n / 10) directories (\(expected) entries) at \(root), median of 3 after a warm-up; peak RSS before walking \(fixed(rssBefore, 1)) MiB:")
+        for backend in [TreeWalker.Backend.automatic, .plain] {
+            for threads in [1, 2, 4] {
+                var result = (entries: 0, errors: 0, backends: Set<String>())
+                let cpu0 = cpuSeconds()
+                let m = measure(3) { result = walkOnce(root, threads: threads, backend: backend) }
+                let cpu = (cpuSeconds() - cpu0) / 4  // the warm-up and 3 runs
+                if result.entries != expected || result.errors != 0 {
+                    fail("walk gave \(result.entries) entries (expected \(expected)), \(result.errors) errors")
+                }
+                let label = "TreeWalker \(backend == .plain ? "plain statx" : result.backends.sorted().joined(separator: "+")), \(threads) thread\(threads == 1 ? "" : "s")"
+                line(label, bytes: 0, files: expected, m)
+                print("  \(pad("", 34)) CPU \(fixed(cpu, 2)) s per walk (all threads, io-wq included); peak RSS \(fixed(maxRSSMiB(), 1)) MiB (+\(fixed(maxRSSMiB() - rssBefore, 1)))")
+            }
+        }
+        let children0 = cpuSeconds(RUSAGE_CHILDREN)
+        let find = measure(3) {
+            if spawnQuiet(["find", root, "-printf", "%s %T@ %i\n"]) != 0 { fail("find failed") }
+        }
+        line("find -printf '%s %T@ %i\\n'", bytes: 0, files: expected, find)
+        print("  \(pad("", 34)) CPU \(fixed((cpuSeconds(RUSAGE_CHILDREN) - children0) / 4, 2)) s per walk")
+    }
+}
+
 let args = CommandLine.arguments
-guard args.count >= 2 else { fail("usage: fansync-hashbench prepare DIR | run DIR [RUNS] | chunks [MiB] | buffers DIR") }
+guard args.count >= 2 else { fail("usage: fansync-hashbench prepare DIR | run DIR [RUNS] | chunks [MiB] | buffers DIR | index FILE [N] | walk DIR [N...] | walktree DIR N | walkonce DIR THREADS uring|plain") }
 switch args[1] {
 case "prepare" where args.count == 3: prepare(args[2])
 case "run" where args.count >= 3: run(args[2], runs: args.count > 3 ? Int(args[3]) ?? 5 : 5)
@@ -356,5 +462,15 @@ case "index" where args.count >= 3:
     let n = args.count > 3 ? Int(args[3]) ?? 1_000_000 : 1_000_000
     indexBench(args[2], n, inPathOrder: true)
     indexBench(args[2], n, inPathOrder: false)
-default: fail("usage: fansync-hashbench prepare DIR | run DIR [RUNS] | chunks [MiB] | buffers DIR")
+case "walktree" where args.count == 4:
+    let tree = makeWalkTree(args[2], Int(args[3]) ?? 100_000)
+    print("\(tree.path): \(tree.entries) entries")
+case "walkonce" where args.count == 5:
+    let t0 = now(), cpu0 = cpuSeconds()
+    let r = walkOnce(args[2], threads: Int(args[3]) ?? 2, backend: args[4] == "plain" ? .plain : .automatic)
+    print("\(args[4]) \(args[3]) threads: \(r.entries) entries, \(r.errors) errors, \(fixed(now() - t0, 3)) s, CPU \(fixed(cpuSeconds() - cpu0, 2)) s, backends \(r.backends.sorted()), peak RSS \(fixed(maxRSSMiB(), 1)) MiB")
+case "walk" where args.count >= 3:
+    let counts = args.count > 3 ? args[3...].compactMap { Int($0) } : [100_000, 1_000_000]
+    walkBench(args[2], counts)
+default: fail("usage: fansync-hashbench prepare DIR | run DIR [RUNS] | chunks [MiB] | buffers DIR | index FILE [N] | walk DIR [N...] | walktree DIR N | walkonce DIR THREADS uring|plain")
 }

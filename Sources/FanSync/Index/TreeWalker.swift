@@ -604,9 +604,11 @@ private final class DirectoryReader {
         queueJobs(of: group)
     }
 
-    /// Queues a `statx` per name; converts results whenever every slot is taken.
+    /// Queues a `statx` per name; converts results whenever every slot is taken. Stops
+    /// queueing when the walk stops (a large directory would otherwise hold the thread).
     private func queueJobs(of group: Group) {
         while group.queued < group.refs.count {
+            if walk.isStopping { break }
             if queuedJobs - convertedJobs == Self.slots {
                 // Every slot taken: wait for a quarter of them rather than one at a time.
                 statter.waitForCompletions(atLeast: Self.slots / 4)
@@ -624,10 +626,11 @@ private final class DirectoryReader {
         convertCompleted()
     }
 
-    /// Waits until the oldest group is complete and hands it to the walk.
+    /// Waits until the oldest group is complete and hands it to the walk (once the walk
+    /// stopped, `abandon` deals with what is left).
     private func finishOldest() {
         guard let oldest = groups.first else { return }
-        while !oldest.isComplete {
+        while !oldest.isComplete && !walk.isStopping {
             statter.waitForCompletions(atLeast: oldest.queued - oldest.converted)
             convertCompleted()
         }
