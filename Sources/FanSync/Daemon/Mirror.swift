@@ -140,11 +140,6 @@ public final class Mirror: @unchecked Sendable {
         spawnWorkers()
     }
 
-    /// The isExcluded test of the current rules (a reload may replace them).
-    private var excludedFilter: @Sendable (SyncPath, Bool) -> Bool {
-        { [weak self] p, isDirectory in self?.rules.isExcluded(p, isDirectory: isDirectory) ?? true }
-    }
-
     private var isStopping: Bool { state.withLock { $0.stopping } }
 
     /// A start with an index: the tree is walked and compared with it while live events
@@ -152,7 +147,7 @@ public final class Mirror: @unchecked Sendable {
     private func startFromIndex() {
         guard let index else { return }
         let began = monotonicNow()
-        let result = index.scan(isExcluded: excludedFilter, deletes: config.delete.onStartup, stop: { [self] in isStopping }) { [self] events in
+        let result = index.scan(rules: rules, deletes: config.delete.onStartup, stop: { [self] in isStopping }) { [self] events in
             guard !events.isEmpty else { return }
             state.update { $0.queue.add(events, now: monotonicNow()) }
         }
@@ -434,8 +429,15 @@ public final class Mirror: @unchecked Sendable {
         case .sync(let paths):
             return sync(paths, ticket: ticket)
         case .tree(let path, let initial):
+            var deletes = initial ? config.delete.onStartup : config.delete.whileRunning
             if initial { log.info("\(config.name): initial sync of \(SyncPath.displayString(config.source)) to \(config.target) begun") }
-            return syncTree(path, deletes: initial ? config.delete.onStartup : config.delete.whileRunning, ticket: ticket)
+            if deletes, let index, index.count > 0, case .refuse = index.decide(deleteCount: 1, indexCount: index.count, minimum: 2) {
+                // An empty source root, or another filesystem than the index recorded: send
+                // what is there, delete nothing.
+                log.error("\(config.name): \(index.decide(deleteCount: 1, indexCount: index.count, minimum: 2).description); syncing without deletes")
+                deletes = false
+            }
+            return syncTree(path, deletes: deletes, ticket: ticket)
         case .rename(let from, let to, let isDirectory):
             let outcome = transport.rename(from: from, to: to)
             if case .done = outcome { index?.renamed(from: from, to: to) }
@@ -481,10 +483,10 @@ public final class Mirror: @unchecked Sendable {
         }
         let patterns = RulesEngine.rsyncExcludeFile(excluded, base: path)
         guard let index else { return transport.syncTree(path, deletes: deletes, excludePatterns: patterns, onStart: onStart(ticket)) }
-        index.beforeTree(path, isExcluded: excludedFilter)
+        index.beforeTree(path, rules: rules)
         let outcome = transport.syncTree(path, deletes: deletes, excludePatterns: patterns, onStart: onStart(ticket))
         if case .done = outcome {
-            index.afterTree(path, isExcluded: excludedFilter)
+            index.afterTree(path, rules: rules)
             if path.isRoot, let probe = transport.probeBackup([]), probe.root != "missing" { index.backupRoot = probe.root }
             state.update { $0.fillRequested = true }
         }

@@ -95,7 +95,7 @@ final class MirrorIndex: @unchecked Sendable {
         let file = dirText + "/index.sqlite"
         let index: Index
         do {
-            index = try Index(file: file, check: .quick)
+            index = try Index(file: file, cacheKiB: 4000, check: .quick)
         } catch {
             Glibc.close(lockFD)
             throw OpenError(description: "\(error)")
@@ -118,11 +118,17 @@ final class MirrorIndex: @unchecked Sendable {
                 mode = .fullSync("the index was kept for another source or target")
             } else if try index.metadata("complete") != Array("1".utf8) {
                 mode = .fullSync("the last full sync did not finish")
+            } else if try index.metadata("running") == Array("1".utf8) {
+                // Killed (or the machine went down): a transfer cut short may have left
+                // rsync's temporary file on the backup, which no event will ever name. The
+                // full rsync removes it; the quick check sends nothing the backup holds.
+                mode = .fullSync("the last run did not stop cleanly")
             } else {
                 mode = .fromIndex(entries: count)
             }
             try index.setMetadata("source", config.source)
             try index.setMetadata("target", target)
+            try index.setMetadata("running", Array("1".utf8))
         } catch {
             Glibc.close(lockFD)
             throw OpenError(description: "\(error)")
@@ -150,7 +156,10 @@ final class MirrorIndex: @unchecked Sendable {
 
     func close() {
         hasher.shutdown()
-        withIndex { try $0.checkpoint() }
+        withIndex { index in
+            try index.setMetadata("running", nil)
+            try index.checkpoint()
+        }
         Glibc.close(lockFD)
     }
 
@@ -166,7 +175,16 @@ final class MirrorIndex: @unchecked Sendable {
         }
     }
 
-    var count: Int { withIndex { try $0.count() } ?? 0 }
+    /// The number of paths the index holds, counted at most every 10 s (a count is a scan
+    /// of the whole table: the delete share does not need it exact).
+    var count: Int {
+        let now = monotonicNow()
+        if let (n, at) = cachedCount.withLock({ $0 }), now - at < 10 { return n }
+        let n = withIndex { try $0.count() } ?? 0
+        cachedCount.withLock { $0 = (n, now) }
+        return n
+    }
+    private let cachedCount = Mutex<(Int, Double)?>(nil)
 
     // MARK: - Batches
 
@@ -199,7 +217,7 @@ final class MirrorIndex: @unchecked Sendable {
         var deleted: [RenamePairing.Deleted] = []
         var created: [RenamePairing.Created] = []
         var goneCounts: [SyncPath: Int] = [:]
-        let indexCount: Int = withIndex { index in
+        withIndex { index in
             for (p, h) in plan.present {
                 let was = try index.lookup(p)
                 if let was, TreeComparison.contentCheck(was: was, now: h) == .sameContent {
@@ -214,8 +232,7 @@ final class MirrorIndex: @unchecked Sendable {
                 goneCounts[p] = was.kind == .directory ? try index.countSubtree(p) : 1
                 if deletes { deleted.append(.init(was)) }
             }
-            return try index.count()
-        } ?? 0
+        }
         let pairing = withIndex { index in
             RenamePairing.plan(deleted: deleted, created: created) { hash, kind in
                 (try? index.paths(withHash: hash, kind: kind, ackedOnly: true, limit: 8)) ?? []
@@ -247,7 +264,7 @@ final class MirrorIndex: @unchecked Sendable {
                     h.recent.removeAll { now - $0.time > Self.deleteWindow }
                     return h.recent.reduce(0) { $0 + $1.count }
                 }
-                let decision = decide(deleteCount: recent + deleteCount, indexCount: indexCount + recent, minimum: Self.minimumHeldDeletes)
+                let decision = decide(deleteCount: recent + deleteCount, indexCount: count + recent, minimum: Self.minimumHeldDeletes)
                 switch decision {
                 case .allow:
                     deleteHold.withLock { $0.recent.append((now, deleteCount)) }
@@ -300,6 +317,8 @@ final class MirrorIndex: @unchecked Sendable {
     struct Entries: Sequence, IteratorProtocol {
         let owner: MirrorIndex
         let upper: [UInt8]?
+        /// Without hashes and link targets (cheaper to read: the start's comparison).
+        var metadataOnly = false
         var lastKey: [UInt8]
         var buffer: [IndexEntry] = []
         var position = 0
@@ -318,8 +337,8 @@ final class MirrorIndex: @unchecked Sendable {
         mutating func next() -> IndexEntry? {
             if position == buffer.count {
                 if exhausted { return nil }
-                let (after, below) = (lastKey, upper)
-                buffer = owner.withIndex { try $0.page(after: after, below: below, includeChunks: false, limit: 2000) } ?? []
+                let (after, below, light) = (lastKey, upper, metadataOnly)
+                buffer = owner.withIndex { try $0.page(after: after, below: below, includeChunks: false, metadataOnly: light, limit: 2000) } ?? []
                 position = 0
                 exhausted = buffer.count < 2000
                 guard let last = buffer.last else { return nil }
@@ -338,9 +357,20 @@ final class MirrorIndex: @unchecked Sendable {
         var isEmpty: Bool { paths.withLock { $0.isEmpty } }
     }
 
-    func walker(under path: SyncPath, isExcluded: @escaping @Sendable (SyncPath, Bool) -> Bool, errors: WalkErrors) -> TreeWalker {
+    func walker(under path: SyncPath, rules: RulesEngine, errors: WalkErrors) -> TreeWalker {
         let name = self.name, log = self.log
-        return TreeWalker(source: source, under: path, threads: 2, isExcluded: isExcluded) { p, code in
+        // One rules decision per directory (its listing at hand, so no rules file is looked
+        // for that is not there); plain statx: on a warm tree io_uring's statx goes through
+        // kernel workers and takes twice the wall time here (Perf/hash/README.md).
+        let filter: TreeWalker.DirectoryFilter = { dir, fd, entries in
+            guard let verdicts = rules.decideEntries(of: dir, directoryFD: fd,
+                                                     entries: entries.map { ($0.path.name, $0.stat.kind == .directory) }) else { return [] }
+            var kept: [TreeEntry] = []
+            kept.reserveCapacity(entries.count)
+            for (e, excluded) in zip(entries, verdicts) where !excluded { kept.append(e) }
+            return kept
+        }
+        return TreeWalker(source: source, under: path, threads: 2, backend: .plain, filterDirectory: filter) { p, code in
             errors.add(p)
             log.warning("\(name): cannot read \(p.isRoot ? "the source root" : p.description): \(String(cString: strerror(code)))")
         }
@@ -350,7 +380,7 @@ final class MirrorIndex: @unchecked Sendable {
     /// paths unacknowledged, without a hash unless only the mode changed), and forgets
     /// what is gone. Returns false when the walk failed (the rsync still runs).
     @discardableResult
-    func beforeTree(_ path: SyncPath, isExcluded: @escaping @Sendable (SyncPath, Bool) -> Bool) -> Bool {
+    func beforeTree(_ path: SyncPath, rules: RulesEngine) -> Bool {
         let errors = WalkErrors()
         var upserts: [IndexEntry] = []
         var removals: [SyncPath] = []
@@ -367,7 +397,7 @@ final class MirrorIndex: @unchecked Sendable {
             upserts.append(Self.entry(TreeEntry(path: path, stat: st), hash: nil))
         }
         do {
-            try TreeComparison.compare(tree: walker(under: path, isExcluded: isExcluded, errors: errors),
+            try TreeComparison.compare(tree: walker(under: path, rules: rules, errors: errors),
                                        index: Entries(self, inside: path)) { d in
                 switch d {
                 case .new(let t), .typeChanged(let t, _):
@@ -393,7 +423,7 @@ final class MirrorIndex: @unchecked Sendable {
 
     /// After the recursive rsync of `path` succeeded: acknowledges every path still as
     /// `beforeTree` recorded it. Marks the index complete after the full sync of the root.
-    func afterTree(_ path: SyncPath, isExcluded: @escaping @Sendable (SyncPath, Bool) -> Bool) {
+    func afterTree(_ path: SyncPath, rules: RulesEngine) {
         let errors = WalkErrors()
         var acks: [IndexEntry] = []
         func flush() {
@@ -407,7 +437,7 @@ final class MirrorIndex: @unchecked Sendable {
             acks.append(was)
         }
         do {
-            try TreeComparison.compare(tree: walker(under: path, isExcluded: isExcluded, errors: errors),
+            try TreeComparison.compare(tree: walker(under: path, rules: rules, errors: errors),
                                        index: Entries(self, inside: path)) { d in
                 if case .unacknowledged(_, let i) = d { acks.append(i) }
                 if acks.count >= 5000 { flush() }
@@ -469,7 +499,7 @@ final class MirrorIndex: @unchecked Sendable {
     /// Start from the index: walks the tree, compares it with the index, and hands every
     /// path that differs to `emit` (as events, in chunks), then the deletes, if the delete
     /// safety rules allow them. Runs while live events flow.
-    func scan(isExcluded: @escaping @Sendable (SyncPath, Bool) -> Bool, deletes: Bool,
+    func scan(rules: RulesEngine, deletes: Bool,
               limit: Int = 200_000, stop: @escaping () -> Bool, emit: ([WatchEvent]) -> Void) -> ScanResult {
         var result = ScanResult()
         let errors = WalkErrors()
@@ -480,9 +510,11 @@ final class MirrorIndex: @unchecked Sendable {
         var lastDeletedDirectory: (SyncPath, Bool)? = nil
         var seen = 0
         var rng = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
-        let walk = walker(under: .root, isExcluded: isExcluded, errors: errors)
+        let walk = walker(under: .root, rules: rules, errors: errors)
         do {
-            try TreeComparison.compare(tree: walk, index: Entries(self, inside: .root)) { d in
+            var entries = Entries(self, inside: .root)
+            entries.metadataOnly = true
+            try TreeComparison.compare(tree: walk, index: entries) { d in
                 if stop() { walk.cancel(); throw CancellationError() }
                 if case .deleted = d {} else { result.walked += 1 }
                 switch d {
@@ -495,7 +527,7 @@ final class MirrorIndex: @unchecked Sendable {
                         return
                     }
                     if errors.covers(i.path) { return }
-                    let excluded = isExcluded(i.path, i.kind == .directory)
+                    let excluded = rules.isExcluded(i.path, isDirectory: i.kind == .directory)
                     if excluded {
                         forget.append(i.path)   // newly excluded: stays on the backup
                     } else {

@@ -76,8 +76,8 @@ public final class UringReader: FileHasher {
     ///     buffer memory: 8 MiB by default, within the daemon's memory budget).
     ///   - slotCount: files in progress at most (their `statx`/`openat` in flight).
     /// - Throws: `HashBackendError` when io_uring cannot be set up: use `PlainReader`.
-    public init(chunkSize: Int = ContentHash.defaultChunkSize, bufferSize: Int = 512 << 10,
-                bufferCount: Int = 16, slotCount: Int = 64, maxReadsPerFile: Int = 8,
+    public init(chunkSize: Int = ContentHash.defaultChunkSize, bufferSize: Int = 256 << 10,
+                bufferCount: Int = 8, slotCount: Int = 64, maxReadsPerFile: Int = 8,
                 asyncReads: Bool = true) throws(HashBackendError) {
         precondition(bufferSize > 0 && bufferSize <= Int(Int32.max) && bufferCount > 0 && bufferCount < 1 << 24)
         precondition(slotCount > 0 && maxReadsPerFile > 0)

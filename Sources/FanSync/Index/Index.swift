@@ -466,6 +466,8 @@ public final class Index {
 
     static let columns = "path, type, size, mtime_ns, ino, dev, mode, link_target, whole_hash, chunk_hashes, acked"
     static let columnsWithoutChunks = "path, type, size, mtime_ns, ino, dev, mode, link_target, whole_hash, NULL, acked"
+    /// Metadata only (a start's comparison of the tree with the index needs no hash).
+    static let metadataColumns = "path, type, size, mtime_ns, ino, dev, mode, NULL, NULL, NULL, acked"
 
     static func entry(_ s: SQLiteStatement, includeChunks: Bool) -> IndexEntry {
         IndexEntry(
@@ -489,8 +491,9 @@ public final class Index {
         return s
     }
 
-    func page(after: [UInt8]?, below upper: [UInt8]? = nil, includeChunks: Bool, limit: Int) throws(SQLiteError) -> [IndexEntry] {
-        let cols = includeChunks ? Self.columns : Self.columnsWithoutChunks
+    func page(after: [UInt8]?, below upper: [UInt8]? = nil, includeChunks: Bool, metadataOnly: Bool = false,
+              limit: Int) throws(SQLiteError) -> [IndexEntry] {
+        let cols = metadataOnly ? Self.metadataColumns : includeChunks ? Self.columns : Self.columnsWithoutChunks
         let stmt = try statement("SELECT \(cols) FROM entries WHERE path > ?1 AND (?3 IS NULL OR path < ?3) ORDER BY path LIMIT ?2")
         defer { stmt.reset() }
         stmt.bind(1, after ?? [])

@@ -61,6 +61,10 @@ public final class TreeWalker: Sequence, Sendable {
     let prefetch: Int
     let isExcluded: @Sendable (SyncPath, Bool) -> Bool
     let onError: @Sendable (SyncPath, Int32) -> Void
+    /// Decides a whole directory's entries at once (with the directory's descriptor, for
+    /// its rules files): one call, one lock, per directory instead of per path.
+    public typealias DirectoryFilter = @Sendable (_ directory: SyncPath, _ fd: Int32, _ entries: [TreeEntry]) -> [TreeEntry]
+    let filterDirectory: DirectoryFilter?
 
     private struct Control {
         var cancelled = false
@@ -84,15 +88,18 @@ public final class TreeWalker: Sequence, Sendable {
                             threads: Int = 2,
                             backend: Backend = .automatic,
                             isExcluded: @escaping @Sendable (SyncPath, _ isDirectory: Bool) -> Bool = { _, _ in false },
+                            filterDirectory: DirectoryFilter? = nil,
                             onError: @escaping @Sendable (SyncPath, Int32) -> Void = { _, _ in }) {
         self.init(source: source, under: under, threads: threads, backend: backend, prefetch: 16_384,
-                  isExcluded: isExcluded, onError: onError)
+                  isExcluded: isExcluded, filterDirectory: filterDirectory, onError: onError)
     }
 
     /// `prefetch`: tests make the window tiny to exercise waiting on it.
     init(source: [UInt8], under: SyncPath, threads: Int, backend: Backend, prefetch: Int,
          isExcluded: @escaping @Sendable (SyncPath, Bool) -> Bool,
+         filterDirectory: DirectoryFilter? = nil,
          onError: @escaping @Sendable (SyncPath, Int32) -> Void) {
+        self.filterDirectory = filterDirectory
         self.source = source
         self.under = under
         self.threads = Swift.max(1, threads)
@@ -155,7 +162,8 @@ public final class TreeWalker: Sequence, Sendable {
     private func work(_ walk: Walk) {
         _ = clinux_set_idle_io_priority()
         let statter = makeStatter()
-        DirectoryReader(walk: walk, threads: threads, statter: statter, isExcluded: isExcluded, onError: onError).run()
+        DirectoryReader(walk: walk, threads: threads, statter: statter, isExcluded: isExcluded,
+                        filterDirectory: filterDirectory, onError: onError).run()
     }
 
     private func makeStatter() -> EntryStatter {
@@ -534,6 +542,7 @@ private final class DirectoryReader {
     private let threads: Int
     private let statter: EntryStatter
     private let isExcluded: @Sendable (SyncPath, Bool) -> Bool
+    private let filterDirectory: TreeWalker.DirectoryFilter?
     private let onError: @Sendable (SyncPath, Int32) -> Void
     private var groups: [Group] = []
     private var spare: [Group] = []
@@ -549,11 +558,13 @@ private final class DirectoryReader {
 
     init(walk: Walk, threads: Int, statter: EntryStatter,
          isExcluded: @escaping @Sendable (SyncPath, Bool) -> Bool,
+         filterDirectory: TreeWalker.DirectoryFilter?,
          onError: @escaping @Sendable (SyncPath, Int32) -> Void) {
         self.walk = walk
         self.threads = threads
         self.statter = statter
         self.isExcluded = isExcluded
+        self.filterDirectory = filterDirectory
         self.onError = onError
         direntBuffer = .allocate(byteCount: Self.direntBufferSize, alignment: 8)
     }
@@ -650,6 +661,11 @@ private final class DirectoryReader {
             }
             guard head.isComplete else { return }
             groups.removeFirst()
+            if let filterDirectory, !walk.isStopping {
+                for d in head.paths.indices where head.fds[d] >= 0 && !head.listings[d].isEmpty {
+                    head.listings[d] = filterDirectory(head.paths[d], head.fds[d], head.listings[d])
+                }
+            }
             head.closeAll()
             let listings = walk.isStopping ? head.paths.map { _ in [] } : head.listings
             walk.finished(head.paths, listings)

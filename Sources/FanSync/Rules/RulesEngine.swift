@@ -73,7 +73,7 @@ public final class RulesEngine: @unchecked Sendable {
     ///     applied as if at the root, below every rules file. Reported as `<exclude>`, line N.
     public convenience init(sourceRoot: [UInt8], rulesFileNames: [[UInt8]], globalPatterns: [String]) {
         self.init(sourceRoot: sourceRoot, rulesFileNames: rulesFileNames, globalPatterns: globalPatterns,
-                  maximumCachedDirectories: 500_000)
+                  maximumCachedDirectories: 50_000)
     }
 
     init(sourceRoot: [UInt8], rulesFileNames: [[UInt8]], globalPatterns: [String], maximumCachedDirectories: Int) {
@@ -422,17 +422,13 @@ public final class RulesEngine: @unchecked Sendable {
             for entry in entries {
                 path.removeSubrange(basenameOffset...)
                 path.append(contentsOf: entry.name)
-                if entry.isDirectory {
-                    let child: DirNode
-                    if let existing = node.children[entry.name[...]] {
-                        child = existing
-                    } else {
-                        let match = lastMatch(path, basenameOffset: basenameOffset, isDirectory: true, lists: lists)
-                        child = DirNode(excludedBy: (match?.negated == false) ? match : nil, selfMatch: match)
-                        node.children[entry.name[...]] = child
-                        state.nodeCount += 1
-                    }
-                    out.append(child.excludedBy != nil)
+                if entry.isDirectory, let existing = node.children[entry.name[...]] {
+                    out.append(existing.excludedBy != nil)
+                } else if entry.isDirectory {
+                    // Decided without caching a node: a directory of 100,000 subdirectories
+                    // would otherwise make 100,000 nodes at once (each is made when entered).
+                    let match = lastMatch(path, basenameOffset: basenameOffset, isDirectory: true, lists: lists)
+                    out.append(match?.negated == false)
                 } else {
                     let match = lastMatch(path, basenameOffset: basenameOffset, isDirectory: false, lists: lists)
                     out.append(match?.negated == false)
