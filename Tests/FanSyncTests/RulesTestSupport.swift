@@ -163,20 +163,10 @@ enum RulesTestSupport {
     static var rsyncAvailable: Bool { FileManager.default.isExecutableFile(atPath: "/usr/bin/rsync") }
 }
 
-/// SplitMix64: small, fast and the same on every machine.
-struct RulesPRNG {
-    var state: UInt64
+/// The library's SplitMix64: small, fast and the same on every machine.
+typealias RulesPRNG = SplitMix64
 
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
+extension SplitMix64 {
     mutating func int(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
 
     mutating func chance(_ percent: Int) -> Bool { int(100) < percent }

@@ -202,6 +202,10 @@ final class IndexMirrorTests: XCTestCase {
         XCTAssertEqual(try Subprocess.run(["rm", "-rf", "--", src + "/data"]).status, 0)
         waitCounter(daemon, "deletes_held", atLeast: 300)
         XCTAssertNotNil(daemon.firstSync?["delete_hold"]?.string)
+        // `fansync status` says so, and exits 1 (the backup is not what the source is).
+        let shown = try Subprocess.run([Harness.fansyncBinary, "status", "--status-file", daemon.statusPath])
+        XCTAssertEqual(shown.status, 1, shown.outputText)
+        XCTAssertTrue(shown.outputText.contains("confirm-deletes"), shown.outputText)
         usleep(500_000)
         // The first batches of the rm -rf may go before the share is crossed (deletes are
         // judged over the last minute together): at most half of the backup goes.

@@ -3,7 +3,8 @@ import Glibc
 /// `fansync status [--status-file F | --config F] [--json] [--max-lag S]`.
 ///
 /// Exit status, for monitoring: 0 every mirror caught up, 1 a mirror behind more than
-/// --max-lag seconds (or its target unreachable, or stopped), 2 the daemon is not running.
+/// --max-lag seconds (or its target unreachable, stopped, or holding deletes), 2 the daemon
+/// is not running.
 public enum StatusCommand {
     public static let help = """
     Usage: fansync status [--status-file FILE | --config FILE] [--json] [--max-lag SECONDS]
@@ -13,7 +14,7 @@ public enum StatusCommand {
       --json            print the status file as it is
       --max-lag S       a mirror whose oldest unsynced change is older than S seconds counts
                         as behind (default 60)
-    Exit status: 0 all caught up, 1 a mirror is behind, unreachable or stopped, 2 the daemon
+    Exit status: 0 all caught up, 1 a mirror is behind, unreachable, stopped or holding deletes, 2 the daemon
     is not running (no status file, a dead pid, or a status older than 3 intervals + 5 s).
     """
 
@@ -94,8 +95,15 @@ public enum StatusCommand {
                 state += color ? " \u{1b}[31mtarget unreachable\u{1b}[0m" : " target unreachable"
                 code = max(code, 1)
             }
-            let sent = "\(Int(s["files_sent"]?.number ?? 0)) files, \(bytes(s["bytes_sent"]?.number ?? 0)) sent"
+            var sent = "\(Int(s["files_sent"]?.number ?? 0)) files, \(bytes(s["bytes_sent"]?.number ?? 0)) sent"
+            let skipped = Int(s["skipped"]?.number ?? 0), copied = Int(s["copied"]?.number ?? 0)
+            if skipped + copied > 0 { sent += " (\(skipped) unchanged and \(copied) copies not sent)" }
             lines.append("\(name): \(s["source"]?.string ?? "?") -> \(s["target"]?.string ?? "?") [\(s["backend"]?.string ?? "?")]: \(state); \(sent)")
+            if let hold = s["delete_hold"]?.string {
+                // Deletes waiting for the operator: the backup is not what the source is.
+                lines.append("  \(hold)")
+                code = max(code, 1)
+            }
             if let err = s["last_error"]?.string {
                 let when = s["last_error_time"]?.number.map { " \(human(max(0, now - $0))) ago" } ?? ""
                 lines.append("  last error\(when): \(err)")

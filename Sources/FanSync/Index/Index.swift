@@ -238,14 +238,22 @@ public final class Index {
             UPDATE entries SET acked = 1
             WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND ino = ?4 AND whole_hash IS ?5 AND acked = 0
             """)
-        return try db.transaction { () throws(SQLiteError) -> Int in
+        return try runPerVersion(stmt, versions) { _, _ in }
+    }
+
+    /// Runs `stmt` once per entry in one transaction, its version bound as ?1 path, ?2 size,
+    /// ?3 mtime, ?4 inode, ?5 whole hash, then whatever `more` binds; returns the rows changed.
+    private func runPerVersion(_ stmt: SQLiteStatement, _ entries: [IndexEntry],
+                               more: (SQLiteStatement, IndexEntry) -> Void) throws(SQLiteError) -> Int {
+        try db.transaction { () throws(SQLiteError) -> Int in
             var n = 0
-            for e in versions {
+            for e in entries {
                 stmt.bind(1, IndexKey.encode(e.path))
                 stmt.bind(2, Int64(bitPattern: e.size))
                 stmt.bind(3, e.mtimeNs)
                 stmt.bind(4, Int64(bitPattern: e.ino))
                 stmt.bind(5, e.wholeHash?.bytes)
+                more(stmt, e)
                 try stmt.run()
                 n += db.changes
             }
@@ -315,20 +323,9 @@ public final class Index {
             UPDATE entries SET whole_hash = ?5, chunk_hashes = ?6, link_target = ?7
             WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3 AND ino = ?4 AND whole_hash IS NULL
             """)
-        return try db.transaction { () throws(SQLiteError) -> Int in
-            var n = 0
-            for e in versions {
-                stmt.bind(1, IndexKey.encode(e.path))
-                stmt.bind(2, Int64(bitPattern: e.size))
-                stmt.bind(3, e.mtimeNs)
-                stmt.bind(4, Int64(bitPattern: e.ino))
-                stmt.bind(5, e.wholeHash?.bytes)
-                stmt.bind(6, e.chunkHashes.isEmpty ? nil : e.chunkHashes)
-                stmt.bind(7, e.linkTarget)
-                try stmt.run()
-                n += db.changes
-            }
-            return n
+        return try runPerVersion(stmt, versions) { stmt, e in
+            stmt.bind(6, e.chunkHashes.isEmpty ? nil : e.chunkHashes)
+            stmt.bind(7, e.linkTarget)
         }
     }
 
