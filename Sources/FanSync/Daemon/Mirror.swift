@@ -10,9 +10,11 @@ public final class Mirror: @unchecked Sendable {
     private var subscription: WatcherRegistry.Subscription?
     private let registry: WatcherRegistry
     private var workers: [WorkerThread] = []
-    /// What the backup holds (nil with `--no-index`). Opened by `start`, after the watcher
-    /// (checking a large index takes a moment, and no change may go unseen meanwhile).
-    private(set) var index: MirrorIndex?
+    /// What the backup holds (nil with `--no-index`). Opened by `start` after the watcher and
+    /// the workers (checking a large index takes a moment: live changes are sent meanwhile,
+    /// without it).
+    var index: MirrorIndex? { indexBox.withLock { $0 } }
+    private let indexBox = Mutex<MirrorIndex?>(nil)
     private let stateRoot: [UInt8]?
     private let allowMassDelete: Bool
     /// The start from the index, and the hashing of what the first full sync recorded.
@@ -114,12 +116,14 @@ public final class Mirror: @unchecked Sendable {
         let sub = try subscribe(registry)
         subscription = sub
         watcher = sub.backend
+        state.update { $0.desiredWorkers = max(1, config.maxProcesses) }
+        spawnWorkers()
         if config.useIndex {
             do {
-                index = try MirrorIndex(config: config, stateRoot: stateRoot, allowMassDelete: allowMassDelete, log: log)
+                let opened = try MirrorIndex(config: config, stateRoot: stateRoot, allowMassDelete: allowMassDelete, log: log)
+                indexBox.withLock { $0 = opened }
             } catch {
-                registry.unsubscribe(sub)
-                subscription = nil
+                stop(grace: 0)
                 throw error
             }
         }
@@ -136,8 +140,6 @@ public final class Mirror: @unchecked Sendable {
             state.update { $0.initialSyncDone = true }
         }
         if index != nil { fillThread = WorkerThread(name: "fansync-fill") { [self] in fillLoop() } }
-        state.update { $0.desiredWorkers = max(1, config.maxProcesses) }
-        spawnWorkers()
     }
 
     private var isStopping: Bool { state.withLock { $0.stopping } }
