@@ -433,10 +433,11 @@ public final class Mirror: @unchecked Sendable {
         case .tree(let path, let initial):
             var deletes = initial ? config.delete.onStartup : config.delete.whileRunning
             if initial { log.info("\(config.name): initial sync of \(SyncPath.displayString(config.source)) to \(config.target) begun") }
-            if deletes, let index, index.count > 0, case .refuse = index.decide(deleteCount: 1, indexCount: index.count, minimum: 2) {
+            if deletes, let index, case let n = index.count, n > 0,
+               case let decision = index.decide(deleteCount: 1, indexCount: n, minimum: 2), case .refuse = decision {
                 // An empty source root, or another filesystem than the index recorded: send
                 // what is there, delete nothing.
-                log.error("\(config.name): \(index.decide(deleteCount: 1, indexCount: index.count, minimum: 2).description); syncing without deletes")
+                log.error("\(config.name): \(decision.description); syncing without deletes")
                 deletes = false
             }
             return syncTree(path, deletes: deletes, ticket: ticket)

@@ -84,7 +84,7 @@ final class MirrorIndex: @unchecked Sendable {
         if flock(lockFD, LOCK_EX | LOCK_NB) != 0 {
             var buf = [UInt8](repeating: 0, count: 32)
             let n = pread(lockFD, &buf, 31, 0)
-            let holder = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).trimmingCharacters
+            let holder = String(decoding: buf.prefix(max(0, n)), as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "?"
             Glibc.close(lockFD)
             throw OpenError(description: "the state directory \(dirText) is in use by another fansync (pid \(holder)); give each mirror its own (--name or --state-dir)")
         }
@@ -199,6 +199,9 @@ final class MirrorIndex: @unchecked Sendable {
         var gone: [SyncPath] = []
         /// Paths that could not be read (rsync reports them): unacknowledged.
         var unreadable: [SyncPath] = []
+        /// Directories in the index that are files or symlinks now: their old contents'
+        /// records go after the transfer.
+        var replacedDirectories: [SyncPath] = []
         var held = 0
         var skipped = 0
     }
@@ -220,6 +223,7 @@ final class MirrorIndex: @unchecked Sendable {
         withIndex { index in
             for (p, h) in plan.present {
                 let was = try index.lookup(p)
+                if was?.kind == .directory && h.stat.kind != .directory { plan.replacedDirectories.append(p) }
                 if let was, TreeComparison.contentCheck(was: was, now: h) == .sameContent {
                     plan.skipped += 1
                     if was.mtimeNs != h.stat.mtimeNs { plan.ops.times.append(.init(path: p, mtimeNs: h.stat.mtimeNs)) }
@@ -249,14 +253,12 @@ final class MirrorIndex: @unchecked Sendable {
         }
 
         // Deletes that are not moves: subject to the delete safety rules.
-        var release: Set<SyncPath> = []
         var withheld: Set<SyncPath> = []
         if deletes {
             let moved = Set(pairing.renames.map(\.from))
             let candidates = plan.gone.filter { !moved.contains($0) }
-            let confirmed = deleteHold.withLock { h in candidates.filter { h.confirmed.remove($0) != nil } }
-            release = Set(confirmed)
-            let unconfirmed = candidates.filter { !release.contains($0) }
+            // Released by the operator: deleted now without asking again.
+            let unconfirmed = deleteHold.withLock { h in candidates.filter { h.confirmed.remove($0) == nil } }
             let deleteCount = unconfirmed.reduce(0) { $0 + (goneCounts[$1] ?? 1) }
             if deleteCount > 0 {
                 let now = monotonicNow()
@@ -289,17 +291,14 @@ final class MirrorIndex: @unchecked Sendable {
         // transfer leaves it pending (its event follows, and dedup never skips it).
         var acked: [IndexEntry] = []
         var changed: [IndexEntry] = []
-        var replacedDirectories: [SyncPath] = []
         for (p, h) in plan.present {
             let now = FileStat.of(joinPath(source, p))
             let entry = IndexEntry(path: p, hashed: h, acked: now.map { $0.sameVersion(as: h.stat) } ?? false)
             if entry.acked { acked.append(entry) } else { changed.append(entry) }
-            if h.stat.kind != .directory { replacedDirectories.append(p) }
         }
         withIndex { index in
             if deletes { for p in plan.gone { try index.removeSubtree(p) } }
-            // A directory replaced by a file takes its old contents' records with it.
-            for p in replacedDirectories where try index.lookup(p)?.kind == .directory { try index.removeSubtree(p) }
+            for p in plan.replacedDirectories { try index.removeSubtree(p) }
             try index.upsert(acked + changed)
             try index.markUnacked(plan.unreadable)
         }
@@ -313,39 +312,13 @@ final class MirrorIndex: @unchecked Sendable {
     // MARK: - Trees
 
     /// The index's entries strictly inside `path`, one page at a time, each page read under
-    /// the lock (writers go on between pages; the merge only needs each page in order).
-    struct Entries: Sequence, IteratorProtocol {
-        let owner: MirrorIndex
-        let upper: [UInt8]?
-        /// Without hashes and link targets (cheaper to read: the start's comparison).
-        var metadataOnly = false
-        var lastKey: [UInt8]
-        var buffer: [IndexEntry] = []
-        var position = 0
-        var exhausted = false
-
-        init(_ owner: MirrorIndex, inside path: SyncPath) {
-            self.owner = owner
-            if path.isRoot {
-                lastKey = []
-                upper = nil
-            } else {
-                (lastKey, upper) = IndexKey.descendants(of: path)
-            }
-        }
-
-        mutating func next() -> IndexEntry? {
-            if position == buffer.count {
-                if exhausted { return nil }
-                let (after, below, light) = (lastKey, upper, metadataOnly)
-                buffer = owner.withIndex { try $0.page(after: after, below: below, includeChunks: false, metadataOnly: light, limit: 2000) } ?? []
-                position = 0
-                exhausted = buffer.count < 2000
-                guard let last = buffer.last else { return nil }
-                lastKey = IndexKey.encode(last.path)
-            }
-            defer { position += 1 }
-            return buffer[position]
+    /// the lock (writers go on between pages; the merge only needs each page in order). An
+    /// SQLite error is logged and ends the sequence. `metadataOnly`: without hashes and link
+    /// targets (cheaper to read: the start's comparison).
+    func entries(inside path: SyncPath, metadataOnly: Bool = false) -> IndexEntries {
+        let (lower, upper): ([UInt8], [UInt8]?) = path.isRoot ? ([], nil) : IndexKey.descendants(of: path)
+        return IndexEntries(after: lower, pageSize: 2000) { [self] after, limit in
+            withIndex { try $0.page(after: after, below: upper, includeChunks: false, metadataOnly: metadataOnly, limit: limit) } ?? []
         }
     }
 
@@ -378,9 +351,8 @@ final class MirrorIndex: @unchecked Sendable {
 
     /// Before a recursive rsync of `path`: records the tree as it is now (new and changed
     /// paths unacknowledged, without a hash unless only the mode changed), and forgets
-    /// what is gone. Returns false when the walk failed (the rsync still runs).
-    @discardableResult
-    func beforeTree(_ path: SyncPath, rules: RulesEngine) -> Bool {
+    /// what is gone.
+    func beforeTree(_ path: SyncPath, rules: RulesEngine) {
         let errors = WalkErrors()
         var upserts: [IndexEntry] = []
         var removals: [SyncPath] = []
@@ -398,7 +370,7 @@ final class MirrorIndex: @unchecked Sendable {
         }
         do {
             try TreeComparison.compare(tree: walker(under: path, rules: rules, errors: errors),
-                                       index: Entries(self, inside: path)) { d in
+                                       index: entries(inside: path)) { d in
                 switch d {
                 case .new(let t), .typeChanged(let t, _):
                     upserts.append(Self.entry(t, hash: nil))
@@ -414,11 +386,8 @@ final class MirrorIndex: @unchecked Sendable {
             }
         } catch {
             log.error("\(name): index: \(error)")
-            flush()
-            return false
         }
         flush()
-        return errors.isEmpty
     }
 
     /// After the recursive rsync of `path` succeeded: acknowledges every path still as
@@ -438,7 +407,7 @@ final class MirrorIndex: @unchecked Sendable {
         }
         do {
             try TreeComparison.compare(tree: walker(under: path, rules: rules, errors: errors),
-                                       index: Entries(self, inside: path)) { d in
+                                       index: entries(inside: path)) { d in
                 if case .unacknowledged(_, let i) = d { acks.append(i) }
                 if acks.count >= 5000 { flush() }
             }
@@ -512,9 +481,7 @@ final class MirrorIndex: @unchecked Sendable {
         var rng = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
         let walk = walker(under: .root, rules: rules, errors: errors)
         do {
-            var entries = Entries(self, inside: .root)
-            entries.metadataOnly = true
-            try TreeComparison.compare(tree: walk, index: entries) { d in
+            try TreeComparison.compare(tree: walk, index: entries(inside: .root, metadataOnly: true)) { d in
                 if stop() { walk.cancel(); throw CancellationError() }
                 if case .deleted = d {} else { result.walked += 1 }
                 switch d {
@@ -672,12 +639,6 @@ extension FileStat {
         var buf = statx()
         let rc = withCPath(path) { clinux_statx(AT_FDCWD, $0, curing_at_symlink_nofollow | curing_at_statx_sync_as_stat, FileStat.statxMask, &buf) }
         return rc == 0 ? FileStat(statx: buf) : nil
-    }
-}
-
-extension String {
-    var trimmingCharacters: String {
-        String(self.drop { $0 == " " || $0 == "\n" }.reversed().drop { $0 == " " || $0 == "\n" }.reversed())
     }
 }
 

@@ -366,7 +366,9 @@ public final class Index {
     /// at a time (constant memory, and no read transaction held between pages, so writes
     /// and WAL checkpoints go on while a caller walks the index).
     public func entries(after: SyncPath? = nil, includeChunks: Bool = false, pageSize: Int = 1000) -> IndexEntries {
-        IndexEntries(index: self, after: after, includeChunks: includeChunks, pageSize: pageSize)
+        IndexEntries(after: after.map { IndexKey.encode($0) }, pageSize: pageSize) { after, limit throws(SQLiteError) in
+            try self.page(after: after, includeChunks: includeChunks, limit: limit)
+        }
     }
 
     /// The entries strictly inside `path`, in path order, one page at a time (the whole
@@ -374,7 +376,11 @@ public final class Index {
     public func entries(inside path: SyncPath, pageSize: Int = 1000) -> IndexEntries {
         if path.isRoot { return entries(pageSize: pageSize) }
         let (lower, upper) = IndexKey.descendants(of: path)
-        return IndexEntries(index: self, lowerKey: lower, upperKey: upper, includeChunks: false, pageSize: pageSize)
+        // lower ("path/") is never a key itself; every key inside starts with it and is
+        // longer, so "after lower" starts at the first of them.
+        return IndexEntries(after: lower, pageSize: pageSize) { after, limit throws(SQLiteError) in
+            try self.page(after: after, below: upper, includeChunks: false, limit: limit)
+        }
     }
 
     /// How many entries `path` and its subtree hold (all entries for the root).
@@ -506,8 +512,9 @@ public final class Index {
 /// A walk over the index in path order, one page in memory at a time. Iteration stops at
 /// the first SQLite error, which is then in `error` (check it after the loop).
 public final class IndexEntries: Sequence, IteratorProtocol {
-    private let index: Index
-    private let includeChunks: Bool
+    /// Reads the page of at most `limit` entries after a key (nil: from the start).
+    public typealias Fetch = (_ after: [UInt8]?, _ limit: Int) throws(SQLiteError) -> [IndexEntry]
+    private let fetch: Fetch
     private let pageSize: Int
     private var lastKey: [UInt8]?
     private var buffer: [IndexEntry] = []
@@ -515,31 +522,19 @@ public final class IndexEntries: Sequence, IteratorProtocol {
     private var exhausted = false
     public private(set) var error: SQLiteError?
 
-    private var upperKey: [UInt8]?
-
-    init(index: Index, after: SyncPath?, includeChunks: Bool, pageSize: Int) {
-        self.index = index
-        self.includeChunks = includeChunks
+    /// Entries after the key `after`, a page (`fetch`) at a time: the caller decides how a
+    /// page is read (which columns, which range, under which lock).
+    public init(after: [UInt8]?, pageSize: Int, fetch: @escaping Fetch) {
+        self.fetch = fetch
         self.pageSize = Swift.max(1, pageSize)
-        self.lastKey = after.map { IndexKey.encode($0) }
-    }
-
-    /// Keys in [lowerKey, upperKey).
-    init(index: Index, lowerKey: [UInt8], upperKey: [UInt8], includeChunks: Bool, pageSize: Int) {
-        self.index = index
-        self.includeChunks = includeChunks
-        self.pageSize = Swift.max(1, pageSize)
-        // lowerKey ("path/") is never a key itself; every key inside starts with it and is
-        // longer, so "after lowerKey" starts at the first of them.
-        self.lastKey = lowerKey
-        self.upperKey = upperKey
+        self.lastKey = after
     }
 
     public func next() -> IndexEntry? {
         if position == buffer.count {
             if exhausted { return nil }
             do {
-                buffer = try index.page(after: lastKey, below: upperKey, includeChunks: includeChunks, limit: pageSize)
+                buffer = try fetch(lastKey, pageSize)
             } catch {
                 self.error = error
                 exhausted = true
