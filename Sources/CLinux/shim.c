@@ -11,6 +11,7 @@
 
 const size_t clinux_fan_event_metadata_len = FAN_EVENT_METADATA_LEN;
 const int clinux_o_path = O_PATH;
+const int clinux_o_noatime = O_NOATIME;
 const int clinux_max_handle_sz = MAX_HANDLE_SZ;
 #ifdef AT_HANDLE_FID
 const int clinux_at_handle_fid = AT_HANDLE_FID;
@@ -208,4 +209,18 @@ pid_t clinux_spawn(const char *file, char *const argv[], char *const envp[], int
         return -1;
     }
     return pid;
+}
+
+long clinux_copy_file_range(int fd_in, int fd_out, size_t len) {
+    return (long)copy_file_range(fd_in, NULL, fd_out, NULL, len, 0);
+}
+
+int clinux_set_mtime(int dirfd, const char *path, int64_t sec, long nsec, int flags) {
+    struct timespec t[2] = { { .tv_sec = 0, .tv_nsec = UTIME_OMIT }, { .tv_sec = (time_t)sec, .tv_nsec = nsec } };
+    return utimensat(dirfd, path, t, flags);
+}
+
+int clinux_fset_mtime(int fd, int64_t sec, long nsec) {
+    struct timespec t[2] = { { .tv_sec = 0, .tv_nsec = UTIME_OMIT }, { .tv_sec = (time_t)sec, .tv_nsec = nsec } };
+    return futimens(fd, t);
 }

@@ -365,10 +365,13 @@ final class RunArgumentTests: XCTestCase {
     func testRelativeSourceAndErrors() throws {
         let p = try RunCommand.parse(["src/../work", "/backup"], cwd: "/home/u")
         XCTAssertEqual(p.mirrors[0].source, Array("/home/u/work".utf8))
+        XCTAssertEqual(p.mirrors[0].localCopy, .auto)
+        XCTAssertEqual(try RunCommand.parse(["/a", "/b", "--local-copy", "rsync"]).mirrors[0].localCopy, .rsync)
         for bad in [["/a"], ["/a", "/b", "/c"], ["/a", "/b", "--delay", "x"], ["/a", "/b", "--delay", "-1"],
                     ["/a", "/b", "--max-processes", "0"], ["/a", "/b", "--backend", "magic"], ["/a", "/b", "--nope"],
                     ["/a", "/a/b"], ["/a/b", "/a"], ["/a", "/b", "--delete", "maybe"], ["/a", "/b", "--ssh-option", "novalue"],
-                    ["/a", "/b", "--compress=yes"], ["/a", "/b", "--rules-file", "a/b"]] {
+                    ["/a", "/b", "--compress=yes"], ["/a", "/b", "--rules-file", "a/b"],
+                    ["/a", "/b", "--local-copy", "cp"], ["/a", "/b", "--local-copy"]] {
             XCTAssertThrowsError(try RunCommand.parse(bad, cwd: "/"), "\(bad)")
         }
     }

@@ -328,8 +328,10 @@ final class ConfigLoaderTests: XCTestCase {
     func testOwnKeys() throws {
         let m = try XCTUnwrap(f.mirror(local("""
         name = 'work', backend = 'inotify', openFileInterval = 5, rulesFile = '.backupignore', useGitignore = true,
-        deleteExcluded = true, stateDir = 'state', largeFileThreshold = '1G'
+        deleteExcluded = true, stateDir = 'state', largeFileThreshold = '1G', localCopy = 'rsync'
         """)))
+        XCTAssertEqual(m.localCopy, .rsync)
+        XCTAssertEqual(f.mirror(local(""))?.localCopy, .auto)
         XCTAssertEqual(m.name, "work")
         XCTAssertEqual(m.backend, .inotify)
         XCTAssertEqual(m.openFileInterval, 5)
@@ -347,6 +349,7 @@ final class ConfigLoaderTests: XCTestCase {
                           ("rulesFile = 'a/b'", "rulesFile"), ("useGitignore = 1", "useGitignore"),
                           ("deleteExcluded = 'yes'", "deleteExcluded"), ("stateDir = false", "stateDir"),
                           ("largeFileThreshold = '10 parsecs'", "largeFileThreshold"), ("largeFileThreshold = 0", "largeFileThreshold"),
+                          ("localCopy = 'cp'", "localCopy"), ("localCopy = true", "localCopy"),
                           ("name = ''", "name"), ("name = 'a/b'", "name"), ("name = '..'", "name"), ("name = 7", "name")] {
             XCTAssertEqual(f.error(local(kv)).key, key, kv)
         }

@@ -24,8 +24,10 @@ final class MirrorScenarioTests: XCTestCase {
         Array("ünïcødé 名前".utf8),
     ]
 
+    /// Local targets: batches copied by the daemon itself (the default), and by rsync.
     func testLocalFanotify() throws { try runScenarios(backend: "fanotify", ssh: nil) }
     func testLocalInotify() throws { try runScenarios(backend: "inotify", ssh: nil) }
+    func testLocalFanotifyRsyncBatches() throws { try runScenarios(backend: "fanotify", ssh: nil, extra: ["--local-copy", "rsync"]) }
 
     func testSSHFanotify() throws {
         let server = try SSHServer()
@@ -39,7 +41,7 @@ final class MirrorScenarioTests: XCTestCase {
         try runScenarios(backend: "inotify", ssh: server)
     }
 
-    func runScenarios(backend: String, ssh: SSHServer?) throws {
+    func runScenarios(backend: String, ssh: SSHServer?, extra: [String] = []) throws {
         let work = Harness.tempDirectory("work")
         defer { Harness.removeTree(work) }
         let src = work + "/source"
@@ -61,11 +63,13 @@ final class MirrorScenarioTests: XCTestCase {
         // delete safety that would hold it has its own tests in IndexMirrorTests).
         var args = [src, ssh?.target(dst) ?? dst, "--backend", backend, "--max-processes", "3", "--open-file-interval", "0.5",
                     "--allow-mass-delete"]
-        args += ssh?.fansyncOptions ?? []
+        args += (ssh?.fansyncOptions ?? []) + extra
         let daemon = try DaemonProcess(arguments: args, workDir: work)
         defer { daemon.stop() }
         daemon.waitCaughtUp()
         XCTAssertTrue(daemon.log.contains("with \(backend)"), "backend in log:\n\(daemon.log)")
+        let copied = ssh == nil && !extra.contains("rsync")
+        XCTAssertEqual(daemon.log.contains("batches copied by fansync"), copied, "how batches travel, in the log:\n\(daemon.log)")
         waitConverged(src, dst, daemon: daemon)
 
         // create, overwrite, append, truncate, chmod, delete

@@ -17,6 +17,7 @@
 // Constants that Swift cannot import (function-like macros, _GNU_SOURCE-only).
 extern const size_t clinux_fan_event_metadata_len;
 extern const int clinux_o_path;
+extern const int clinux_o_noatime;
 extern const int clinux_max_handle_sz;
 extern const int clinux_at_handle_fid;
 
@@ -47,6 +48,12 @@ int clinux_restrict_capabilities(const char *keep_text, int *dropped_bounding);
 // syslog without varargs (lsyncd's logident and logfacility).
 void clinux_openlog(const char *ident, int facility);
 void clinux_syslog(int priority, const char *message);
+// copy_file_range(2) from the current offsets (len bytes at most); -1 with errno.
+long clinux_copy_file_range(int fd_in, int fd_out, size_t len);
+// utimensat(2) with the access time left as it is (UTIME_OMIT) and the given mtime.
+int clinux_set_mtime(int dirfd, const char *path, int64_t sec, long nsec, int flags);
+// futimens(2), the same way.
+int clinux_fset_mtime(int fd, int64_t sec, long nsec);
 // pipe2(fds, O_CLOEXEC).
 int clinux_pipe_cloexec(int fds[2]);
 

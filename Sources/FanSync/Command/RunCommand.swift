@@ -39,6 +39,9 @@ public enum RunCommand {
       --bwlimit KBPS            rsync --bwlimit, in KiB per second
       --rsync-option ARG        extra rsync argument, passed as it is; repeatable
       --rsync-binary PATH       rsync to run (default rsync)
+      --local-copy MODE         auto or rsync: how batches reach a local target (default
+                                auto: fansync copies them itself as rsync -a would, unless
+                                an rsync option needs rsync; the initial sync is rsync's)
       --ssh-option OPT          extra ssh -o option (e.g. UserKnownHostsFile=/path);
                                 repeatable
       --ssh-identity FILE       ssh -i FILE
@@ -124,6 +127,10 @@ public enum RunCommand {
                 let v = try reader.value(for: opt); overrides.append { $0.rsync.extra.append(v) }
             case "--rsync-binary":
                 let v = try reader.value(for: opt); overrides.append { $0.rsync.binary = v }
+            case "--local-copy":
+                let v = try reader.value(for: opt)
+                guard let mode = LocalCopyMode(rawValue: v) else { throw ArgumentReader.UsageError("--local-copy: '\(v)' is not auto or rsync") }
+                overrides.append { $0.localCopy = mode }
             case "--ssh-option":
                 let v = try reader.value(for: opt)
                 guard v.contains("=") || v.contains(" ") else { throw ArgumentReader.UsageError("--ssh-option: '\(v)' is not an ssh option (Key=Value)") }

@@ -34,19 +34,19 @@ struct ConfigBuilder {
         "maxProcesses", "maxDelays", "logident", "logfacility",
         // fansync's own
         "verbose", "stateDir", "backend", "openFileInterval", "largeFileThreshold", "rulesFile", "useGitignore",
-        "maxDeleteShare",
+        "maxDeleteShare", "localCopy",
     ]
     /// Settings keys that are also the default of every sync{}.
     static let settingsMirrorDefaults: Set<String> = [
         "maxProcesses", "maxDelays", "backend", "openFileInterval", "largeFileThreshold", "rulesFile", "useGitignore",
-        "maxDeleteShare",
+        "maxDeleteShare", "localCopy",
     ]
     static let syncKeys = [
         "source", "target", "host", "targetdir", "delay", "maxDelays", "maxProcesses", "init", "delete",
         "exclude", "excludeFrom", "filter", "filterFrom", "rsync", "ssh",
         // fansync's own
         "name", "backend", "openFileInterval", "rulesFile", "useGitignore", "deleteExcluded", "stateDir",
-        "largeFileThreshold", "maxDeleteShare",
+        "largeFileThreshold", "maxDeleteShare", "localCopy",
     ]
     /// lsyncd's rsync keys that map to a field of RsyncOptions.
     static let rsyncFieldKeys = [
@@ -164,7 +164,7 @@ struct ConfigBuilder {
                 else { fail(place, key, "must be a syslog facility (\(facilities.joined(separator: ", "))), got \(v.kindDescription)") }
             case "stateDir":
                 if let p = pathBytes(v, place, key) { s.stateDir = p }
-            case "backend", "openFileInterval", "largeFileThreshold", "rulesFile", "useGitignore", "maxDeleteShare":
+            case "backend", "openFileInterval", "largeFileThreshold", "rulesFile", "useGitignore", "maxDeleteShare", "localCopy":
                 var probe = MirrorConfig(name: "", source: [], target: .local(path: []))
                 applyMirrorKey(key, v, &probe, place)
             default:
@@ -358,7 +358,7 @@ struct ConfigBuilder {
             }
         }
         for key in ["backend", "openFileInterval", "rulesFile", "useGitignore", "deleteExcluded", "stateDir", "largeFileThreshold",
-                    "maxDeleteShare"] {
+                    "maxDeleteShare", "localCopy"] {
             if let v = take(key) { applyMirrorKey(key, v, &m, place) }
         }
 
@@ -436,6 +436,9 @@ struct ConfigBuilder {
         case "useGitignore": if let b = bool(v, place, key) { m.useGitignore = b }
         case "deleteExcluded": if let b = bool(v, place, key) { m.deleteExcluded = b }
         case "stateDir": if let p = pathBytes(v, place, key) { m.stateDir = p }
+        case "localCopy":
+            if let t = v.text, let mode = LocalCopyMode(rawValue: t) { m.localCopy = mode }
+            else { fail(place, key, "must be \"auto\" (fansync copies a local target's batches itself) or \"rsync\", got \(v.kindDescription)") }
         case "maxDeleteShare":
             if let d = number(v, place, key, min: 0, exclusive: false, what: "a share between 0 and 1 (0.5 = half)") {
                 if d > 1 { fail(place, key, "must be a share between 0 and 1 (0.5 = half), got \(d)") } else { m.maxDeleteShare = d }

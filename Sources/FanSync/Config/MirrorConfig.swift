@@ -50,6 +50,9 @@ public struct MirrorConfig: Sendable, Equatable {
     public var maxDeleteShare: Double = 0.5
     /// Files larger than this (bytes) go to the large-file workers, in chunks.
     public var largeFileThreshold: Int64 = 64 << 20
+    /// How batches reach a local target: copied by fansync itself (`.auto`, when the rsync
+    /// options are ones it reproduces) or always by rsync.
+    public var localCopy: LocalCopyMode = .auto
 
     public init(name: String, source: [UInt8], target: Target) {
         self.name = name
@@ -60,6 +63,13 @@ public struct MirrorConfig: Sendable, Equatable {
 
 public enum Backend: String, Sendable, Equatable, CaseIterable {
     case auto, fanotify, inotify
+}
+
+/// `localCopy`: `auto` copies a local target's batches in the daemon (what rsync -a would
+/// do, without an rsync per batch) unless an rsync option asks for rsync; `rsync` always
+/// runs rsync. Recursive transfers (the initial sync) are rsync's either way.
+public enum LocalCopyMode: String, Sendable, Equatable, CaseIterable {
+    case auto, rsync
 }
 
 /// lsyncd's `delete`: true, false, 'startup' (only the initial sync deletes) or 'running'

@@ -32,7 +32,7 @@ public final class Daemon: @unchecked Sendable {
         mirror.onFatal = { [fatal] why in fatal.update { $0 = why } }
         mirror.onStateChange = { [dirty] in dirty.withLock { $0 = true } }
         try mirror.start()
-        log.info("\(config.name): mirroring \(SyncPath.displayString(config.source)) to \(config.target) (delay \(config.delay) s, \(config.maxProcesses) transfer(s) at a time)")
+        log.info("\(config.name): mirroring \(SyncPath.displayString(config.source)) to \(config.target) (delay \(config.delay) s, \(config.maxProcesses) transfer(s) at a time; \(mirror.transport.batchDescription))")
         return mirror
     }
 

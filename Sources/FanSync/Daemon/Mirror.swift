@@ -36,6 +36,8 @@ public final class Mirror: @unchecked Sendable {
     /// Device and inode of the source root at start: a root that vanished, was replaced or
     /// was unmounted is not a reason to delete the backup.
     private let sourceIdentity = Mutex<(dev: UInt64, ino: UInt64)>((0, 0))
+    /// Set when a stop's grace period is over: batches the daemon copies itself stop.
+    private let abandonCopies = Atomic<Bool>(false)
 
     public var config: MirrorConfig { parts.withLock { $0.config } }
     var transport: Transport { parts.withLock { $0.transport } }
@@ -280,7 +282,9 @@ public final class Mirror: @unchecked Sendable {
         if !drained {
             let pids = state.withLock { Array($0.running.values) }
             log.warning("\(config.name): stopping \(pids.count) transfer(s) still running")
-            for pid in pids { kill(-pid, SIGTERM) }
+            abandonCopies.store(true, ordering: .relaxed)
+            // 0: a batch the daemon copies itself (it stops at its next file or chunk).
+            for pid in pids where pid > 0 { kill(-pid, SIGTERM) }
         }
         for w in workers { w.join() }
         workers = []
@@ -459,11 +463,13 @@ public final class Mirror: @unchecked Sendable {
     /// path and is the authority on the result.
     private func sync(_ paths: [SyncPath], ticket: ChangeQueue.Ticket, deletes: Bool? = nil) -> TransferOutcome {
         let deletes = deletes ?? config.delete.whileRunning
-        guard let index else { return transport.sync(paths, deletes: deletes, onStart: onStart(ticket)) }
+        let abandon = { self.abandonCopies.load(ordering: .relaxed) }
+        guard let index else { return transport.sync(paths, deletes: deletes, onStart: onStart(ticket), abandon: abandon) }
         let plan = index.plan(paths, deletes: deletes)
         let (done, failure) = transport.apply(plan.ops, onStart: onStart(ticket))
         if let failure { return failure }
-        let outcome = plan.rsyncPaths.isEmpty ? .done(files: 0, bytes: 0) : transport.sync(plan.rsyncPaths, deletes: deletes, onStart: onStart(ticket))
+        let outcome = plan.rsyncPaths.isEmpty ? .done(files: 0, bytes: 0)
+            : transport.sync(plan.rsyncPaths, deletes: deletes, onStart: onStart(ticket), abandon: abandon)
         guard case .done = outcome else { return outcome }
         index.commit(plan, deletes: deletes)
         state.update { s in

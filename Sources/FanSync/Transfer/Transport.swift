@@ -14,9 +14,16 @@ public final class Transport: Sendable {
     public let config: MirrorConfig
     /// Private directory for the ssh ControlMaster socket (ssh targets only).
     private let controlDirectory: String?
+    /// A local target's batches, when fansync copies them itself (see `LocalCopier`).
+    let copier: LocalCopier?
 
     public init(config: MirrorConfig) throws {
         self.config = config
+        if case .local(let path) = config.target, config.localCopy == .auto, LocalCopier.optionNeedingRsync(config.rsync) == nil {
+            copier = LocalCopier(source: config.source, target: path)
+        } else {
+            copier = nil
+        }
         // A user's own remote shell (lsyncd's rsync.rsh) is used as it is, without our master.
         if case .ssh = config.target, config.rsync.rsh == nil {
             var template = Array("/tmp/fansync-ssh-XXXXXX".utf8CString)
@@ -185,8 +192,23 @@ public final class Transport: Sendable {
 
     // MARK: Running
 
-    /// Sends `paths` (relative to the source root) to the backup.
-    public func sync(_ paths: [SyncPath], deletes: Bool, onStart: ((pid_t) -> Void)? = nil) -> TransferOutcome {
+    /// How batches travel, for the log.
+    public var batchDescription: String {
+        guard case .local = config.target else { return "batches and trees by rsync over ssh" }
+        if copier != nil { return "batches copied by fansync (as rsync -a), trees by rsync" }
+        if config.localCopy == .rsync { return "batches and trees by rsync (localCopy = rsync)" }
+        return "batches and trees by rsync (\(LocalCopier.optionNeedingRsync(config.rsync) ?? "") needs it)"
+    }
+
+    /// Sends `paths` (relative to the source root) to the backup. `onStart` gets rsync's
+    /// pid, or 0 when the daemon copies the batch itself; `abandon` stops such a copy (the
+    /// daemon is stopping and its grace period is over).
+    public func sync(_ paths: [SyncPath], deletes: Bool, onStart: ((pid_t) -> Void)? = nil,
+                     abandon: () -> Bool = { false }) -> TransferOutcome {
+        if let copier {
+            onStart?(0)
+            return copier.sync(prepared(paths), deletes: deletes, abandon: abandon)
+        }
         var list: [UInt8] = []
         for p in prepared(paths) {
             // --files-from with --relative: "dir/./name" is not needed; a path is itself.

@@ -1,0 +1,536 @@
+import CLinux
+import Glibc
+import Synchronization
+
+/// A local target's batches, copied by the daemon itself: the result of
+/// `rsync -a --files-from=- --relative --delete-missing-args --force` for a list of paths,
+/// without starting rsync's three processes for every batch (most of the cost of a small
+/// batch, and twice `cp -a`'s work per file in a burst).
+///
+/// What rsync does, it does: a file whose size and mtime match is left alone (its mode and
+/// owner set when they differ); any other goes through a temporary `.name.XXXXXX` in its
+/// directory, renamed over the old one once complete (the backup never shows a partial
+/// file), with mode, owner (as root), group and mtime; symlinks are copied as links, devices,
+/// fifos and sockets made again; a listed path missing on the source is deleted on the
+/// backup (a directory with everything in it); the directories on the way to each path
+/// ("implied directories") and the listed ones get the source's mode, owner and mtime, the
+/// deepest first, after the files. Content goes through `copy_file_range` (a reflink where
+/// the filesystem can), or a read/write loop where it cannot.
+///
+/// Nothing on either side is reached through a symlink: directories are opened beneath the
+/// roots with every symlink refused (`openat2` with `RESOLVE_NO_SYMLINKS`), so a symlink
+/// that stands where the source has a directory is replaced on the backup, never written
+/// through.
+///
+/// Recursive transfers (the initial sync, a resync of a subtree) stay with rsync.
+final class LocalCopier: Sendable {
+    let source: [UInt8]
+    let target: [UInt8]
+    /// As root the owner is copied too (rsync's `--owner` needs the superuser).
+    private let asRoot: Bool
+
+    init(source: [UInt8], target: [UInt8]) {
+        self.source = source
+        self.target = target
+        asRoot = geteuid() == 0
+    }
+
+    /// Nil when the copier does what rsync does with these options; else the option that
+    /// needs rsync. Options with no effect on a local copy (`compress`, `verbose`,
+    /// `whole_file`) do not.
+    static func optionNeedingRsync(_ r: RsyncOptions) -> String? {
+        if r.binary != "rsync" { return "rsync.binary" }
+        if !r.archive { return "rsync.archive = false" }
+        let flags: [(Bool, String)] = [(r.hardLinks, "hard_links"), (r.acls, "acls"), (r.xattrs, "xattrs"),
+                                       (r.checksum, "checksum"), (r.sparse, "sparse"), (r.inplace, "inplace")]
+        if let (_, name) = flags.first(where: { $0.0 }) { return "rsync.\(name)" }
+        if r.bwlimit != nil { return "rsync.bwlimit" }
+        if let extra = r.extra.first(where: { $0 != "--delete" }) { return "the rsync argument \(extra)" }
+        return nil
+    }
+
+    // MARK: A batch
+
+    /// What one batch did, and what went wrong.
+    private struct Batch {
+        var files = 0
+        var bytes: Int64 = 0
+        var deleted = 0
+        var errors: [String] = []
+        /// A path changed type while it was copied: the batch goes again.
+        var raced = false
+        /// Directories whose mode, owner and mtime follow the source's at the end.
+        var directories = Set<SyncPath>()
+        var lastParent: SyncPath? = nil
+
+        mutating func fail(_ what: String, _ path: SyncPath, _ code: Int32) {
+            errors.append("\(what) \(path): \(String(cString: strerror(code)))")
+        }
+    }
+
+    /// Copies `paths` (sorted, as `Transport.prepared` gives them) to the backup.
+    /// `abandon` is asked between files and between chunks of a large one: when it says
+    /// so the batch stops, its temporary file removed.
+    func sync(_ paths: [SyncPath], deletes: Bool, abandon: () -> Bool) -> TransferOutcome {
+        let sourceRoot = withCPath(source) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        if sourceRoot < 0 {
+            return .failed("cannot open the source \(SyncPath.displayString(source)): \(String(cString: strerror(errno)))", targetUnreachable: false)
+        }
+        defer { Glibc.close(sourceRoot) }
+        var targetRoot = withCPath(target) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        if targetRoot < 0 && errno == ENOENT {
+            // As rsync: the destination directory itself is made, not its parents.
+            _ = withCPath(target) { mkdir($0, 0o755) }
+            targetRoot = withCPath(target) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        }
+        if targetRoot < 0 {
+            return .failed("cannot open the backup \(SyncPath.displayString(target)): \(String(cString: strerror(errno)))", targetUnreachable: true)
+        }
+        defer { Glibc.close(targetRoot) }
+        let sources = DirectoryCache(root: sourceRoot)
+        let targets = DirectoryCache(root: targetRoot)
+        var batch = Batch()
+        for p in paths {
+            if abandon() { return .failed("stopped before the batch was complete", targetUnreachable: false) }
+            copy(p, sources, targets, deletes: deletes, &batch, abandon: abandon)
+        }
+        if abandon() { return .failed("stopped before the batch was complete", targetUnreachable: false) }
+        setDirectoryAttributes(batch.directories, sources, targets, &batch)
+        if let first = batch.errors.first {
+            let more = batch.errors.count > 1 ? " (and \(batch.errors.count - 1) more)" : ""
+            return .failed("cannot copy to the backup: \(first)\(more)", targetUnreachable: false)
+        }
+        if batch.raced {
+            return .failed("files changed type while being copied", targetUnreachable: false, transient: true)
+        }
+        return .done(files: batch.files, bytes: batch.bytes, deleted: batch.deleted)
+    }
+
+    private func copy(_ p: SyncPath, _ sources: DirectoryCache, _ targets: DirectoryCache, deletes: Bool,
+                      _ batch: inout Batch, abandon: () -> Bool) {
+        if p.isRoot {
+            batch.directories.insert(.root)
+            return
+        }
+        let parent = p.parent
+        let name = p.name
+        var st = stat()
+        let srcDir = sources.open(parent)
+        let found = srcDir >= 0 && withCPath(name, { fstatat(srcDir, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0
+        if !found {
+            let code = srcDir >= 0 ? errno : sources.lastError
+            if code == ENOENT || code == ENOTDIR || code == ELOOP {
+                // Gone from the source (or under what is now a file or a symlink there).
+                if deletes { remove(p, targets, &batch) }
+            } else {
+                batch.fail("cannot read", p, code)
+            }
+            return
+        }
+        if batch.lastParent != parent {
+            // rsync's implied directories: each on the way takes the source's attributes.
+            var a = parent
+            while !a.isRoot, batch.directories.insert(a).inserted { a = a.parent }
+            batch.lastParent = parent
+        }
+        let dstDir = targets.open(parent, create: true)
+        if dstDir < 0 {
+            batch.fail("cannot make the directory of", p, targets.lastError)
+            return
+        }
+        switch st.st_mode & S_IFMT {
+        case S_IFDIR:
+            makeDirectory(p, in: dstDir, deletes: deletes, &batch)
+        case S_IFREG:
+            copyFile(p, from: srcDir, to: dstDir, deletes: deletes, &batch, abandon: abandon)
+        case S_IFLNK:
+            copySymlink(p, st, from: srcDir, to: dstDir, deletes: deletes, &batch)
+        default:
+            copySpecial(p, st, to: dstDir, deletes: deletes, &batch)
+        }
+    }
+
+    // MARK: Each kind
+
+    private func makeDirectory(_ p: SyncPath, in dstDir: Int32, deletes: Bool, _ batch: inout Batch) {
+        batch.directories.insert(p)
+        var old = stat()
+        let name = p.name
+        if withCPath(name, { fstatat(dstDir, $0, &old, AT_SYMLINK_NOFOLLOW) }) == 0 {
+            if (old.st_mode & S_IFMT) == S_IFDIR { return }
+            if withCPath(name, { unlinkat(dstDir, $0, 0) }) != 0 { return batch.fail("cannot replace", p, errno) }
+        }
+        if withCPath(name, { mkdirat(dstDir, $0, 0o700) }) != 0 && errno != EEXIST { batch.fail("cannot make", p, errno) }
+    }
+
+    private func copyFile(_ p: SyncPath, from srcDir: Int32, to dstDir: Int32, deletes: Bool,
+                          _ batch: inout Batch, abandon: () -> Bool) {
+        let name = p.name
+        var src = withCPath(name) { openat(srcDir, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | clinux_o_noatime) }
+        if src < 0 && errno == EPERM { src = withCPath(name) { openat(srcDir, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) } }
+        if src < 0 {
+            switch errno {
+            case ENOENT, ENOTDIR: if deletes { remove(p, targetsOf: dstDir, &batch) }
+            case ELOOP: batch.raced = true
+            default: batch.fail("cannot read", p, errno)
+            }
+            return
+        }
+        defer { Glibc.close(src) }
+        var st = stat()
+        guard fstat(src, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { batch.raced = true; return }
+        var old = stat()
+        let exists = withCPath(name, { fstatat(dstDir, $0, &old, AT_SYMLINK_NOFOLLOW) }) == 0
+        if exists && (old.st_mode & S_IFMT) == S_IFREG && old.st_size == st.st_size
+            && old.st_mtim.tv_sec == st.st_mtim.tv_sec && old.st_mtim.tv_nsec == st.st_mtim.tv_nsec {
+            // rsync's quick check: the same size and mtime is the same file.
+            setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
+            return
+        }
+        guard let (temp, dst) = createTemporary(for: name, in: dstDir, p, &batch, { tmp in
+            openat(dstDir, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        }) else { return }
+        var copied: Int64 = 0
+        var failure: (String, Int32)? = nil
+        switch Self.copyContent(from: src, to: dst, copied: &copied, abandon: abandon) {
+        case .done: break
+        case .abandoned: failure = ("stopped while copying", ECANCELED)
+        case .readError(let code): failure = ("cannot read", code)
+        case .writeError(let code): failure = ("cannot write", code)
+        }
+        if failure == nil { failure = applyOwnerModeTime(dst, st).map { ("cannot set the attributes of", $0) } }
+        if Glibc.close(dst) != 0 && failure == nil { failure = ("cannot write", errno) }
+        if failure == nil, !replace(temp, name, in: dstDir, existing: exists ? old : nil, deletes: deletes, p, &batch) {
+            failure = ("", 0)
+        }
+        if let failure {
+            _ = withCPath(temp) { unlinkat(dstDir, $0, 0) }
+            if failure.1 != 0 { batch.fail(failure.0, p, failure.1) }
+            return
+        }
+        batch.files += 1
+        batch.bytes += copied
+    }
+
+    private func copySymlink(_ p: SyncPath, _ st: stat, from srcDir: Int32, to dstDir: Int32, deletes: Bool, _ batch: inout Batch) {
+        let name = p.name
+        guard let link = Self.readLink(srcDir, name) else {
+            if errno == EINVAL { batch.raced = true } else if errno != ENOENT { batch.fail("cannot read", p, errno) }
+            return
+        }
+        var old = stat()
+        let exists = withCPath(name, { fstatat(dstDir, $0, &old, AT_SYMLINK_NOFOLLOW) }) == 0
+        if exists && (old.st_mode & S_IFMT) == S_IFLNK && Self.readLink(dstDir, name) == link {
+            setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
+            return
+        }
+        guard let (temp, _) = createTemporary(for: name, in: dstDir, p, &batch, { tmp in
+            withCPath(link) { symlinkat($0, dstDir, tmp) }
+        }) else { return }
+        finishTemporary(temp, name, st, in: dstDir, existing: exists ? old : nil, deletes: deletes, p, &batch)
+    }
+
+    /// Devices, fifos and sockets: made again with the source's type and device number.
+    private func copySpecial(_ p: SyncPath, _ st: stat, to dstDir: Int32, deletes: Bool, _ batch: inout Batch) {
+        let name = p.name
+        var old = stat()
+        let exists = withCPath(name, { fstatat(dstDir, $0, &old, AT_SYMLINK_NOFOLLOW) }) == 0
+        if exists && (old.st_mode & S_IFMT) == (st.st_mode & S_IFMT) && old.st_rdev == st.st_rdev {
+            setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
+            return
+        }
+        guard let (temp, _) = createTemporary(for: name, in: dstDir, p, &batch, { tmp in
+            mknodat(dstDir, tmp, (st.st_mode & S_IFMT) | 0o600, st.st_rdev)
+        }) else { return }
+        finishTemporary(temp, name, st, in: dstDir, existing: exists ? old : nil, deletes: deletes, p, &batch)
+    }
+
+    /// Owner, mode and mtime of a made symlink or special file, then the rename over `name`.
+    private func finishTemporary(_ temp: [UInt8], _ name: [UInt8], _ st: stat, in dstDir: Int32, existing: stat?,
+                                 deletes: Bool, _ p: SyncPath, _ batch: inout Batch) {
+        setAttributes(of: temp, in: dstDir, from: st, current: nil, p, &batch)
+        if !replace(temp, name, in: dstDir, existing: existing, deletes: deletes, p, &batch) {
+            _ = withCPath(temp) { unlinkat(dstDir, $0, 0) }
+        }
+    }
+
+    // MARK: Deletes
+
+    /// A path missing on the source: deleted on the backup, a directory with its contents.
+    private func remove(_ p: SyncPath, _ targets: DirectoryCache, _ batch: inout Batch) {
+        let dir = targets.open(p.parent, create: false)
+        if dir < 0 { return }   // its directory is not on the backup either
+        remove(p, targetsOf: dir, &batch)
+    }
+
+    private func remove(_ p: SyncPath, targetsOf dir: Int32, _ batch: inout Batch) {
+        switch Self.removeTree(p.name, in: dir) {
+        case .success(let n): batch.deleted += n
+        case .failure(let e): batch.fail("cannot delete", p, e.code)
+        }
+    }
+
+    struct Errno: Error { let code: Int32 }
+
+    /// Deletes `name` in `dir`, a directory with everything in it, never following a
+    /// symlink; how many entries went.
+    static func removeTree(_ name: [UInt8], in dir: Int32) -> Result<Int, Errno> {
+        if withCPath(name, { unlinkat(dir, $0, 0) }) == 0 { return .success(1) }
+        if errno == ENOENT { return .success(0) }
+        guard errno == EISDIR else { return .failure(Errno(code: errno)) }
+        let fd = withCPath(name) { openat(dir, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        if fd < 0 { return errno == ENOENT ? .success(0) : .failure(Errno(code: errno)) }
+        guard let stream = fdopendir(fd) else {
+            let code = errno
+            Glibc.close(fd)
+            return .failure(Errno(code: code))
+        }
+        var names: [[UInt8]] = []
+        while let e = readdir(stream) {
+            let n = withUnsafeBytes(of: e.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
+            if n != [UInt8(ascii: ".")] && n != [UInt8(ascii: "."), UInt8(ascii: ".")] { names.append(n) }
+        }
+        var count = 0
+        var failure: Errno? = nil
+        for n in names {
+            switch removeTree(n, in: fd) {
+            case .success(let k): count += k
+            case .failure(let e): failure = failure ?? e
+            }
+        }
+        closedir(stream)
+        if let failure { return .failure(failure) }
+        if withCPath(name, { unlinkat(dir, $0, AT_REMOVEDIR) }) != 0 && errno != ENOENT { return .failure(Errno(code: errno)) }
+        return .success(count + 1)
+    }
+
+    // MARK: Helpers
+
+    private static let serial = Atomic<UInt64>(0)
+
+    /// Makes `.name.XXXXXX` in `dir` with `make` (which returns a negative value and errno on
+    /// failure); returns its name and what `make` returned.
+    private func createTemporary(for name: [UInt8], in dir: Int32, _ p: SyncPath, _ batch: inout Batch,
+                                 _ make: (UnsafePointer<CChar>) -> Int32) -> ([UInt8], Int32)? {
+        for _ in 0..<100 {
+            let n = Self.serial.wrappingAdd(1, ordering: .relaxed).newValue &+ UInt64(UInt32(bitPattern: getpid())) << 32
+            let temp = Self.temporaryName(for: name, suffix: n)
+            let r = withCPath(temp) { make($0) }
+            if r >= 0 { return (temp, r) }
+            if errno != EEXIST { batch.fail("cannot create a temporary file for", p, errno); return nil }
+        }
+        batch.fail("cannot create a temporary file for", p, EEXIST)
+        return nil
+    }
+
+    /// rsync's temporary name: `.name.XXXXXX`, the name cut so the whole fits in 255 bytes.
+    static func temporaryName(for name: [UInt8], suffix: UInt64) -> [UInt8] {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8)
+        var s = suffix
+        var tail: [UInt8] = [UInt8(ascii: ".")]
+        for _ in 0..<6 {
+            tail.append(alphabet[Int(s % UInt64(alphabet.count))])
+            s /= UInt64(alphabet.count)
+        }
+        return [UInt8(ascii: ".")] + name.prefix(255 - 8) + tail
+    }
+
+    /// Renames the finished temporary over `name`; a directory standing there goes first
+    /// (rsync's `--force`, with deletes only). False when it did not happen (the error is
+    /// recorded).
+    private func replace(_ temp: [UInt8], _ name: [UInt8], in dir: Int32, existing: stat?, deletes: Bool,
+                         _ p: SyncPath, _ batch: inout Batch) -> Bool {
+        if let existing, (existing.st_mode & S_IFMT) == S_IFDIR {
+            guard deletes else { batch.fail("cannot replace the directory", p, EISDIR); return false }
+            switch Self.removeTree(name, in: dir) {
+            case .success(let n): batch.deleted += n
+            case .failure(let e): batch.fail("cannot replace the directory", p, e.code); return false
+            }
+        }
+        let r = withCPath(temp) { a in withCPath(name) { b in renameat(dir, a, dir, b) } }
+        if r != 0 { batch.fail("cannot rename into place", p, errno); return false }
+        return true
+    }
+
+    /// Owner (as root; the group alone otherwise, where allowed), then mode (a chown clears
+    /// set-id bits), then mtime, on an open file. Nil or the errno that failed.
+    private func applyOwnerModeTime(_ fd: Int32, _ st: stat) -> Int32? {
+        if asRoot {
+            if fchown(fd, st.st_uid, st.st_gid) != 0 { return errno }
+        } else {
+            _ = fchown(fd, uid_t.max, st.st_gid)
+        }
+        if fchmod(fd, st.st_mode & 0o7777) != 0 { return errno }
+        if clinux_fset_mtime(fd, Int64(st.st_mtim.tv_sec), st.st_mtim.tv_nsec) != 0 { return errno }
+        return nil
+    }
+
+    /// Sets what differs of owner, mode (not for symlinks) and mtime on `name` in `dir`,
+    /// without following a symlink; everything when `current` is nil (just made).
+    private func setAttributes(of name: [UInt8], in dir: Int32, from st: stat, current: stat?,
+                               _ p: SyncPath, _ batch: inout Batch) {
+        let isLink = (st.st_mode & S_IFMT) == S_IFLNK
+        let ownerDiffers = current.map { $0.st_uid != st.st_uid || $0.st_gid != st.st_gid } ?? true
+        let modeDiffers = current.map { $0.st_mode & 0o7777 != st.st_mode & 0o7777 } ?? true
+        let mtimeDiffers = current.map { $0.st_mtim.tv_sec != st.st_mtim.tv_sec || $0.st_mtim.tv_nsec != st.st_mtim.tv_nsec } ?? true
+        withCPath(name) { n in
+            if ownerDiffers {
+                if asRoot {
+                    if fchownat(dir, n, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) != 0 { batch.fail("cannot set the owner of", p, errno) }
+                } else {
+                    _ = fchownat(dir, n, uid_t.max, st.st_gid, AT_SYMLINK_NOFOLLOW)
+                }
+            }
+            // After a chown, which clears set-id bits.
+            if !isLink && (modeDiffers || ownerDiffers) {
+                if fchmodat(dir, n, st.st_mode & 0o7777, 0) != 0 { batch.fail("cannot set the mode of", p, errno) }
+            }
+            if mtimeDiffers {
+                if clinux_set_mtime(dir, n, Int64(st.st_mtim.tv_sec), st.st_mtim.tv_nsec, AT_SYMLINK_NOFOLLOW) != 0 {
+                    batch.fail("cannot set the mtime of", p, errno)
+                }
+            }
+        }
+    }
+
+    /// The directories' attributes, deepest first (setting a parent's mtime before its
+    /// children are done would be undone by them).
+    private func setDirectoryAttributes(_ directories: Set<SyncPath>, _ sources: DirectoryCache, _ targets: DirectoryCache,
+                                        _ batch: inout Batch) {
+        for d in directories.sorted(by: { $0.components.count != $1.components.count ? $0.components.count > $1.components.count : $0 < $1 }) {
+            var st = stat(), old = stat()
+            if d.isRoot {
+                guard fstat(sources.root, &st) == 0, fstat(targets.root, &old) == 0 else { continue }
+                if asRoot, old.st_uid != st.st_uid || old.st_gid != st.st_gid { _ = fchown(targets.root, st.st_uid, st.st_gid) }
+                if old.st_mode & 0o7777 != st.st_mode & 0o7777 { _ = fchmod(targets.root, st.st_mode & 0o7777) }
+                if old.st_mtim.tv_sec != st.st_mtim.tv_sec || old.st_mtim.tv_nsec != st.st_mtim.tv_nsec {
+                    _ = clinux_fset_mtime(targets.root, Int64(st.st_mtim.tv_sec), st.st_mtim.tv_nsec)
+                }
+                continue
+            }
+            let name = d.name
+            let srcDir = sources.open(d.parent), dstDir = targets.open(d.parent, create: false)
+            guard srcDir >= 0, dstDir >= 0,
+                  withCPath(name, { fstatat(srcDir, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0, (st.st_mode & S_IFMT) == S_IFDIR,
+                  withCPath(name, { fstatat(dstDir, $0, &old, AT_SYMLINK_NOFOLLOW) }) == 0, (old.st_mode & S_IFMT) == S_IFDIR
+            else { continue }   // changed since: its events follow
+            setAttributes(of: name, in: dstDir, from: st, current: old, d, &batch)
+        }
+    }
+
+    enum CopyResult: Equatable { case done, abandoned, readError(Int32), writeError(Int32) }
+
+    /// Copies from `src` to `dst` (both at offset 0) until the end of `src`: with
+    /// `copy_file_range`, or read/write where the kernel cannot (another filesystem type).
+    static func copyContent(from src: Int32, to dst: Int32, copied: inout Int64, abandon: () -> Bool) -> CopyResult {
+        let chunk = 8 << 20
+        var kernelCopy = true
+        var buffer: UnsafeMutableRawPointer? = nil
+        defer { buffer?.deallocate() }
+        while true {
+            if copied > 0, abandon() { return .abandoned }
+            if kernelCopy {
+                let n = clinux_copy_file_range(src, dst, chunk)
+                if n > 0 { copied += Int64(n); continue }
+                if n == 0 { return .done }
+                if errno == EINTR { continue }
+                if [EXDEV, EINVAL, ENOSYS, EOPNOTSUPP].contains(errno) && copied == 0 { kernelCopy = false; continue }
+                // EIO and the like: which side? The read/write loop below tells.
+                if errno == ENOSPC || errno == EDQUOT || errno == EFBIG { return .writeError(errno) }
+                kernelCopy = false
+                continue
+            }
+            let size = 256 << 10
+            if buffer == nil { buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096) }
+            let n = read(src, buffer, size)
+            if n == 0 { return .done }
+            if n < 0 { if errno == EINTR { continue }; return .readError(errno) }
+            var off = 0
+            while off < n {
+                let w = write(dst, buffer! + off, n - off)
+                if w < 0 { if errno == EINTR { continue }; return .writeError(errno) }
+                off += w
+            }
+            copied += Int64(n)
+        }
+    }
+
+    /// A symlink's target, or nil with errno.
+    static func readLink(_ dir: Int32, _ name: [UInt8]) -> [UInt8]? {
+        var size = 256
+        while true {
+            var buf = [UInt8](repeating: 0, count: size)
+            let n = withCPath(name) { p in buf.withUnsafeMutableBytes { readlinkat(dir, p, $0.baseAddress!.assumingMemoryBound(to: CChar.self), size) } }
+            if n < 0 { return nil }
+            if n < size { return Array(buf.prefix(n)) }
+            size *= 4
+        }
+    }
+}
+
+/// Open directories beneath a root, by relative path, never through a symlink; the last
+/// few stay open (a sorted batch visits one directory after another).
+private final class DirectoryCache {
+    let root: Int32
+    private var open: [SyncPath: Int32] = [:]
+    private var order: [SyncPath] = []
+    /// The errno of the last failed `open`.
+    private(set) var lastError: Int32 = 0
+    private static let capacity = 8
+
+    init(root: Int32) { self.root = root }
+
+    deinit { for fd in open.values { Glibc.close(fd) } }
+
+    /// The directory's descriptor, or -1 (`lastError` says why). With `create`, missing
+    /// directories are made (mode 0700 until their attributes are set), and whatever
+    /// stands where one should be (a file, a symlink) is replaced.
+    func open(_ dir: SyncPath, create: Bool = false) -> Int32 {
+        if dir.isRoot { return root }
+        if let fd = open[dir] { return fd }
+        var fd = withCPath(dir.bytes) { clinux_open_beneath_nofollow(root, $0, O_RDONLY | O_DIRECTORY) }
+        if fd < 0 {
+            lastError = errno
+            guard create, lastError == ENOENT || lastError == ENOTDIR || lastError == ELOOP else { return -1 }
+            fd = make(dir)
+            if fd < 0 { return -1 }
+        }
+        if order.count >= Self.capacity {
+            let old = order.removeFirst()
+            if let f = open.removeValue(forKey: old) { Glibc.close(f) }
+        }
+        open[dir] = fd
+        order.append(dir)
+        return fd
+    }
+
+    /// Walks `dir` from the root, making what is missing and replacing what is not a
+    /// directory.
+    private func make(_ dir: SyncPath) -> Int32 {
+        var current = root
+        for component in dir.components {
+            let name = Array(component)
+            var next = withCPath(name) { openat(current, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            if next < 0 && (errno == ENOTDIR || errno == ELOOP) {
+                // A file or a symlink where the source has a directory.
+                if withCPath(name, { unlinkat(current, $0, 0) }) != 0 && errno != ENOENT { return fail(current) }
+                next = -1
+                errno = ENOENT
+            }
+            if next < 0 && errno == ENOENT {
+                if withCPath(name, { mkdirat(current, $0, 0o700) }) != 0 && errno != EEXIST { return fail(current) }
+                next = withCPath(name) { openat(current, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            }
+            if next < 0 { return fail(current) }
+            if current != root { Glibc.close(current) }
+            current = next
+        }
+        return current
+    }
+
+    private func fail(_ current: Int32) -> Int32 {
+        lastError = errno
+        if current != root { Glibc.close(current) }
+        return -1
+    }
+}
