@@ -28,11 +28,23 @@ final class LocalCopier: Sendable {
     let target: [UInt8]
     /// As root the owner is copied too (rsync's `--owner` needs the superuser).
     private let asRoot: Bool
+    /// The process's umask (from /proc/self/status), nil when unknown: a file made with a
+    /// mode the umask leaves whole needs no chmod.
+    private let umask: mode_t?
 
     init(source: [UInt8], target: [UInt8]) {
         self.source = source
         self.target = target
         asRoot = geteuid() == 0
+        umask = Self.currentUmask()
+    }
+
+    static func currentUmask() -> mode_t? {
+        guard let text = readTextFile("/proc/self/status") else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("Umask:") {
+            return mode_t(line.dropFirst(6).filter { $0 != " " && $0 != "\t" }, radix: 8)
+        }
+        return nil
     }
 
     /// Nil when the copier does what rsync does with these options; else the option that
@@ -68,7 +80,8 @@ final class LocalCopier: Sendable {
         }
     }
 
-    /// Copies `paths` (sorted, as `Transport.prepared` gives them) to the backup.
+    /// Copies `paths` to the backup (in sorted order: a directory before what it holds, and
+    /// one directory's paths together).
     /// `abandon` is asked between files and between chunks of a large one: when it says
     /// so the batch stops, its temporary file removed.
     func sync(_ paths: [SyncPath], deletes: Bool, abandon: () -> Bool) -> TransferOutcome {
@@ -90,7 +103,7 @@ final class LocalCopier: Sendable {
         let sources = DirectoryCache(root: sourceRoot)
         let targets = DirectoryCache(root: targetRoot)
         var batch = Batch()
-        for p in paths {
+        for p in paths.sorted() {
             if abandon() { return .failed("stopped before the batch was complete", targetUnreachable: false) }
             copy(p, sources, targets, deletes: deletes, &batch, abandon: abandon)
         }
@@ -187,8 +200,12 @@ final class LocalCopier: Sendable {
             setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
             return
         }
+        // Made with its final permission bits where the umask keeps them (no chmod then);
+        // set-id and sticky bits are set after the chown, which would clear them.
+        let permissions = st.st_mode & 0o777
+        let modeIsFinal = umask.map { st.st_mode & 0o7000 == 0 && permissions & $0 == 0 } ?? false
         guard let (temp, dst) = createTemporary(for: name, in: dstDir, p, &batch, { tmp in
-            openat(dstDir, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            openat(dstDir, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, modeIsFinal ? permissions : 0o600)
         }) else { return }
         var copied: Int64 = 0
         var failure: (String, Int32)? = nil
@@ -198,7 +215,7 @@ final class LocalCopier: Sendable {
         case .readError(let code): failure = ("cannot read", code)
         case .writeError(let code): failure = ("cannot write", code)
         }
-        if failure == nil { failure = applyOwnerModeTime(dst, st).map { ("cannot set the attributes of", $0) } }
+        if failure == nil { failure = applyOwnerModeTime(dst, st, chmod: !modeIsFinal).map { ("cannot set the attributes of", $0) } }
         if Glibc.close(dst) != 0 && failure == nil { failure = ("cannot write", errno) }
         if failure == nil, !replace(temp, name, in: dstDir, existing: exists ? old : nil, deletes: deletes, p, &batch) {
             failure = ("", 0)
@@ -354,13 +371,13 @@ final class LocalCopier: Sendable {
 
     /// Owner (as root; the group alone otherwise, where allowed), then mode (a chown clears
     /// set-id bits), then mtime, on an open file. Nil or the errno that failed.
-    private func applyOwnerModeTime(_ fd: Int32, _ st: stat) -> Int32? {
+    private func applyOwnerModeTime(_ fd: Int32, _ st: stat, chmod: Bool) -> Int32? {
         if asRoot {
             if fchown(fd, st.st_uid, st.st_gid) != 0 { return errno }
         } else {
             _ = fchown(fd, uid_t.max, st.st_gid)
         }
-        if fchmod(fd, st.st_mode & 0o7777) != 0 { return errno }
+        if chmod && fchmod(fd, st.st_mode & 0o7777) != 0 { return errno }
         if clinux_fset_mtime(fd, Int64(st.st_mtim.tv_sec), st.st_mtim.tv_nsec) != 0 { return errno }
         return nil
     }

@@ -207,7 +207,9 @@ public final class Transport: Sendable {
                      abandon: () -> Bool = { false }) -> TransferOutcome {
         if let copier {
             onStart?(0)
-            return copier.sync(prepared(paths), deletes: deletes, abandon: abandon)
+            // It handles what `prepared` does for rsync itself: a path gone or under a file
+            // is deleted; the file that replaced a directory has its own event.
+            return copier.sync(paths, deletes: deletes, abandon: abandon)
         }
         var list: [UInt8] = []
         for p in prepared(paths) {
