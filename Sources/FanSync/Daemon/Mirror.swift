@@ -120,6 +120,10 @@ public final class Mirror: @unchecked Sendable {
         watcher = sub.backend
         state.update { $0.desiredWorkers = max(1, config.maxProcesses) }
         spawnWorkers()
+        // A start from the index walks the whole tree: begun now, it reads ahead while the
+        // index is opened and checked (dropped if the index cannot be used).
+        var startWalk = config.useIndex && config.initialSync && MirrorIndex.exists(config: config, stateRoot: stateRoot)
+            ? MirrorIndex.StartWalk(source: config.source, name: config.name, rules: rules, log: log) : nil
         if config.useIndex {
             do {
                 let opened = try MirrorIndex(config: config, stateRoot: stateRoot, allowMassDelete: allowMassDelete, log: log)
@@ -132,7 +136,8 @@ public final class Mirror: @unchecked Sendable {
         let now = monotonicNow()
         if let index, config.initialSync, case .fromIndex(let entries) = index.startMode {
             log.info("\(config.name): starting from the index (\(entries) paths in \(SyncPath.displayString(index.directory))): only what differs is sent")
-            scanThread = WorkerThread(name: "fansync-scan") { [self] in startFromIndex() }
+            let walk = startWalk
+            scanThread = WorkerThread(name: "fansync-scan") { [self] in startFromIndex(walk) }
         } else if config.initialSync {
             if let index, case .fullSync(let why) = index.startMode {
                 log.info("\(config.name): \(why): the first sync is a full one, and fills the index (\(SyncPath.displayString(index.directory)))")
@@ -141,6 +146,7 @@ public final class Mirror: @unchecked Sendable {
         } else {
             state.update { $0.initialSyncDone = true }
         }
+        startWalk = nil
         if index != nil { fillThread = WorkerThread(name: "fansync-fill") { [self] in fillLoop() } }
     }
 
@@ -148,10 +154,10 @@ public final class Mirror: @unchecked Sendable {
 
     /// A start with an index: the tree is walked and compared with it while live events
     /// flow; what differs is queued as changes, deletes subject to the delete safety rules.
-    private func startFromIndex() {
+    private func startFromIndex(_ walk: MirrorIndex.StartWalk?) {
         guard let index else { return }
         let began = monotonicNow()
-        let result = index.scan(rules: rules, deletes: config.delete.onStartup, stop: { [self] in isStopping }) { [self] events in
+        let result = index.scan(rules: rules, deletes: config.delete.onStartup, started: walk, stop: { [self] in isStopping }) { [self] events in
             guard !events.isEmpty else { return }
             state.update { $0.queue.add(events, now: monotonicNow()) }
         }

@@ -95,7 +95,7 @@ final class MirrorIndex: @unchecked Sendable {
         let file = dirText + "/index.sqlite"
         let index: Index
         do {
-            index = try Index(file: file, cacheKiB: 4000, check: .quick)
+            index = try Index(file: file, cacheKiB: 4000, check: .quick, exclusive: true)
         } catch {
             Glibc.close(lockFD)
             throw OpenError(description: "\(error)")
@@ -331,7 +331,11 @@ final class MirrorIndex: @unchecked Sendable {
     }
 
     func walker(under path: SyncPath, rules: RulesEngine, errors: WalkErrors) -> TreeWalker {
-        let name = self.name, log = self.log
+        Self.walker(source: source, under: path, rules: rules, errors: errors, name: name, log: log)
+    }
+
+    static func walker(source: [UInt8], under path: SyncPath, rules: RulesEngine, errors: WalkErrors,
+                       name: String, log: Logger) -> TreeWalker {
         // One rules decision per directory (its listing at hand, so no rules file is looked
         // for that is not there); plain statx: on a warm tree io_uring's statx goes through
         // kernel workers and takes twice the wall time here (Perf/hash/README.md).
@@ -347,6 +351,26 @@ final class MirrorIndex: @unchecked Sendable {
             errors.add(p)
             log.warning("\(name): cannot read \(p.isRoot ? "the source root" : p.description): \(String(cString: strerror(code)))")
         }
+    }
+
+    /// The start-up walk, begun before the index is opened (checking a large index takes a
+    /// moment, during which the walk's threads read ahead, as far as their bound).
+    final class StartWalk: @unchecked Sendable {
+        let walker: TreeWalker
+        let errors = WalkErrors()
+        let iterator: TreeWalker.Iterator
+
+        init(source: [UInt8], name: String, rules: RulesEngine, log: Logger) {
+            walker = MirrorIndex.walker(source: source, under: .root, rules: rules, errors: errors, name: name, log: log)
+            iterator = walker.makeIterator()
+        }
+    }
+
+    /// True when the mirror's state directory holds an index (a start may come from it).
+    static func exists(config: MirrorConfig, stateRoot: [UInt8]?) -> Bool {
+        let dir = config.stateDir ?? stateDirectory(name: config.name, root: stateRoot)
+        var st = stat()
+        return withCPath(dir + Array("/index.sqlite".utf8)) { stat($0, &st) } == 0 && st.st_size > 0
     }
 
     /// Before a recursive rsync of `path`: records the tree as it is now (new and changed
@@ -468,10 +492,11 @@ final class MirrorIndex: @unchecked Sendable {
     /// Start from the index: walks the tree, compares it with the index, and hands every
     /// path that differs to `emit` (as events, in chunks), then the deletes, if the delete
     /// safety rules allow them. Runs while live events flow.
-    func scan(rules: RulesEngine, deletes: Bool,
+    func scan(rules: RulesEngine, deletes: Bool, started: StartWalk? = nil,
               limit: Int = 200_000, stop: @escaping () -> Bool, emit: ([WatchEvent]) -> Void) -> ScanResult {
         var result = ScanResult()
-        let errors = WalkErrors()
+        let started = started ?? StartWalk(source: source, name: name, rules: rules, log: log)
+        let errors = started.errors
         var events: [WatchEvent] = []
         var deleteRoots: [SyncPath] = []
         var deleteCount = 0
@@ -479,9 +504,9 @@ final class MirrorIndex: @unchecked Sendable {
         var lastDeletedDirectory: (SyncPath, Bool)? = nil
         var seen = 0
         var rng = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
-        let walk = walker(under: .root, rules: rules, errors: errors)
+        let walk = started.walker
         do {
-            try TreeComparison.compare(tree: walk, index: entries(inside: .root, metadataOnly: true)) { d in
+            try TreeComparison.compare(tree: IteratorSequence(started.iterator), index: entries(inside: .root, metadataOnly: true)) { d in
                 if stop() { walk.cancel(); throw CancellationError() }
                 if case .deleted = d {} else { result.walked += 1 }
                 switch d {

@@ -60,12 +60,15 @@ public final class Index {
 
     /// Opens (creating or migrating) the index at `file`. A file that is not a database or
     /// fails the integrity check is renamed to `<file>.corrupt-<unix time>` (with its
-    /// `-wal`), and an empty index takes its place: see `recovery`.
-    public init(file: String, cacheKiB: Int = 8000, check: IntegrityCheck = .full) throws(OpenError) {
+    /// `-wal`), and an empty index takes its place: see `recovery`. `exclusive`: this
+    /// connection alone uses the file while it is open (SQLite's exclusive locking mode: no
+    /// file lock taken and released per transaction, no shared-memory WAL index); the daemon
+    /// holds its state directory's lock anyway.
+    public init(file: String, cacheKiB: Int = 8000, check: IntegrityCheck = .full, exclusive: Bool = false) throws(OpenError) {
         self.file = file
         let reason: String
         do throws(OpenFailure) {
-            db = try Index.openChecked(file: file, cacheKiB: cacheKiB, check: check)
+            db = try Index.openChecked(file: file, cacheKiB: cacheKiB, check: check, exclusive: exclusive)
             recovery = nil
             return
         } catch {
@@ -82,7 +85,7 @@ public final class Index {
         _ = unlink(file + "-shm")
         recovery = Recovery(file: file, movedTo: aside, reason: reason)
         do throws(OpenFailure) {
-            db = try Index.openChecked(file: file, cacheKiB: cacheKiB, check: .none)
+            db = try Index.openChecked(file: file, cacheKiB: cacheKiB, check: .none, exclusive: exclusive)
         } catch {
             switch error {
             case .other(let e): throw e
@@ -97,7 +100,7 @@ public final class Index {
         case other(OpenError)
     }
 
-    private static func openChecked(file: String, cacheKiB: Int, check: IntegrityCheck) throws(OpenFailure) -> SQLiteConnection {
+    private static func openChecked(file: String, cacheKiB: Int, check: IntegrityCheck, exclusive: Bool) throws(OpenFailure) -> SQLiteConnection {
         let db: SQLiteConnection
         do {
             db = try SQLiteConnection(path: file)
@@ -105,6 +108,8 @@ public final class Index {
             throw error.isCorruption ? .damaged(error.message) : .other(.sqlite(error))
         }
         do {
+            // Before WAL mode is entered, so that no shared-memory index is made.
+            if exclusive { try db.exec("PRAGMA locking_mode=EXCLUSIVE") }
             // The first read of a damaged file fails here with SQLITE_NOTADB / CORRUPT.
             try db.exec("PRAGMA journal_mode=WAL")
             try db.exec("PRAGMA synchronous=NORMAL")
