@@ -233,6 +233,35 @@ final class LocalCopierTests: XCTestCase {
         XCTAssertEqual(snapshot(b).keys.sorted(), ["", "large"], "no temporary file left")
     }
 
+    /// What the copier records for the index: every path it made or found, the content
+    /// hash of small files computed on the way (the hasher's value), none for a large one.
+    func testRecordForTheIndex() throws {
+        let b = dir + Array("/backup".utf8)
+        try mkdirs(path(b, "d"))
+        try mkdirs(path(source, "d"))
+        let small = Array("small file\n".utf8), large = [UInt8](repeating: 9, count: (1 << 20) + 1)
+        try write(path(source, "d/small"), small)
+        try write(path(source, "d/large"), large)
+        try RulesTestSupport.symlink(target: Array("small".utf8), at: path(source, "d/link"))
+        try write(path(b, "d/unchanged"), small, mtime: 1_234_000_000_000_000_000)
+        try write(path(source, "d/unchanged"), small, mtime: 1_234_000_000_000_000_000)
+        let t = try transport(b, .auto)
+        let record = LocalCopier.Record()
+        let list = ["d", "d/small", "d/large", "d/link", "d/unchanged", "d/gone"].map { SyncPath($0) }
+        guard case .done(2, _, 0) = t.sync(list, deletes: true, record: record) else { return XCTFail() }
+        let byPath = Dictionary(uniqueKeysWithValues: record.entries.map { ($0.path.description, $0) })
+        XCTAssertEqual(Set(byPath.keys), ["d", "d/small", "d/large", "d/link", "d/unchanged"])
+        XCTAssertEqual(byPath["d/small"]?.entry.content, ContentHash.of(small))
+        XCTAssertEqual(byPath["d/small"]?.entry.stat, FileStat.of(path(source, "d/small")))
+        XCTAssertNil(byPath["d/large"]?.entry.content, "over the limit: hashed later")
+        XCTAssertNil(byPath["d/unchanged"]?.entry.content, "left by the quick check: not read")
+        XCTAssertEqual(byPath["d/link"]?.entry.linkTarget, Array("small".utf8))
+        XCTAssertEqual(byPath["d/link"]?.entry.content, ContentHash.of(Array("small".utf8)))
+        XCTAssertEqual(byPath["d"]?.entry.stat.kind, .directory)
+        XCTAssertTrue(record.entries.allSatisfy(\.acked))
+        XCTAssertEqual(RulesTestSupport.readFile(path(b, "d/large")), large)
+    }
+
     func testTemporaryNamesFitAndDiffer() {
         let long = [UInt8](repeating: UInt8(ascii: "n"), count: 255)
         let a = LocalCopier.temporaryName(for: long, suffix: 1), b = LocalCopier.temporaryName(for: long, suffix: 2)

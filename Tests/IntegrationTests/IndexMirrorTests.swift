@@ -92,6 +92,67 @@ final class IndexMirrorTests: XCTestCase {
         XCTAssertEqual(daemon.firstSync?["last_error"], .null, daemon.log)
     }
 
+    /// A burst of new files into a local backup is copied without hashing first: the copier
+    /// hashes on the way, and the index holds the same hashes the hasher would have stored
+    /// (a file saved again unchanged afterwards is not sent; a file over 1 MiB in such a
+    /// batch is hashed in the background; a restart sends nothing).
+    func testBurstHashedByTheLocalCopier() throws {
+        let work = Harness.tempDirectory("copier-burst")
+        defer { Harness.removeTree(work) }
+        let src = work + "/source", dst = work + "/backup"
+        mkdir(src, 0o755)
+        var daemon = try DaemonProcess(arguments: [src, dst, "-v", "--max-processes", "1"], workDir: work)
+        daemon.waitCaughtUp()
+        let staging = work + "/staging"
+        mkdir(staging, 0o755)
+        mkdirs(staging, "burst/sub dir")
+        var contents: [String: [UInt8]] = [:]
+        for i in 0..<300 {
+            let rel = "burst/\(i % 2 == 0 ? "sub dir/" : "")f \(i) 'q'.txt"
+            contents[rel] = Array("content of \(i)\n".utf8)
+            writeFile(staging, rel, "content of \(i)\n")
+        }
+        contents["burst/large.bin"] = randomBytes((1 << 20) + 100)
+        XCTAssertTrue(writeFile(Array((staging + "/burst/large.bin").utf8), contents["burst/large.bin"]!))
+        symlink("sub dir", staging + "/burst/link")
+        // A large file first: while the one worker hashes and copies it, the burst queues
+        // up behind it and goes as one batch.
+        XCTAssertTrue(writeFile(Array((src + "/first.bin").utf8), [UInt8](repeating: 1, count: 192 << 20)))
+        XCTAssertEqual(try Subprocess.run(["cp", "-a", staging + "/burst", src + "/burst"]).status, 0)
+        waitConverged(src, dst, daemon: daemon)
+        daemon.waitCaughtUp()
+        XCTAssertEqual(counter(daemon, "files_sent"), 302, daemon.log)
+        XCTAssertTrue(daemon.log.contains("hashed while copied"), daemon.log)
+
+        // Saved again with the same bytes: skipped, so the recorded hash was right.
+        let skipped = counter(daemon, "skipped"), sent = counter(daemon, "files_sent")
+        writeFile(src, "burst/f 1 'q'.txt", "content of 1\n")
+        waitCounter(daemon, "skipped", atLeast: skipped + 1)
+        XCTAssertEqual(counter(daemon, "files_sent"), sent)
+        daemon.stop()
+
+        do {
+            let index = try Index(file: work + "/state/source/index.sqlite")
+            for (rel, bytes) in contents where rel != "burst/large.bin" {
+                let e = try XCTUnwrap(try index.lookup(SyncPath(rel)), rel)
+                XCTAssertEqual(e.wholeHash, ContentHash.of(bytes).whole, rel)
+                XCTAssertTrue(e.acked, rel)
+            }
+            let link = try XCTUnwrap(try index.lookup(SyncPath("burst/link")))
+            XCTAssertEqual(link.linkTarget, Array("sub dir".utf8))
+            XCTAssertEqual(link.wholeHash, ContentHash.of(Array("sub dir".utf8)).whole)
+            XCTAssertEqual(try index.lookup(SyncPath("burst/sub dir"))?.kind, .directory)
+            // Copied by the kernel, hashed afterwards by the background hashing (or not yet).
+            let large = try XCTUnwrap(try index.lookup(SyncPath("burst/large.bin")))
+            XCTAssertTrue(large.wholeHash == nil || large.wholeHash == ContentHash.of(contents["burst/large.bin"]!).whole)
+        }
+        daemon = try DaemonProcess(arguments: [src, dst], workDir: work)
+        defer { daemon.stop() }
+        daemon.waitCaughtUp()
+        XCTAssertTrue(daemon.log.contains("starting from the index"), daemon.log)
+        XCTAssertEqual(counter(daemon, "files_sent"), 0, "a restart after the burst sent files again:\n\(daemon.log)")
+    }
+
     /// Restarts send only what differs: unchanged files are not sent, changes made while
     /// fansync was stopped (new, changed, touched, moved, deleted) reach the backup, and a
     /// move is a rename there.

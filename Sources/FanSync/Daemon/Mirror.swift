@@ -102,6 +102,9 @@ public final class Mirror: @unchecked Sendable {
         policy.maxDelays = config.maxDelays
         policy.openFileInterval = config.openFileInterval
         policy.renamesOnBackup = config.delete.whileRunning
+        // Holding a burst back saves rsync runs; batches the daemon copies itself cost
+        // little each, and start at once (on the core the writer leaves free).
+        if LocalCopier.copiesBatches(of: config) { policy.burstHold = 0 }
         return policy
     }
 
@@ -151,6 +154,9 @@ public final class Mirror: @unchecked Sendable {
     }
 
     private var isStopping: Bool { state.withLock { $0.stopping } }
+
+    /// The transfer workers' CPU priority (nice).
+    static let workerNice: Int32 = 10
 
     /// A start with an index: the tree is walked and compared with it while live events
     /// flow; what differs is queued as changes, deletes subject to the delete safety rules.
@@ -363,6 +369,9 @@ public final class Mirror: @unchecked Sendable {
     // MARK: Workers
 
     private func workerLoop() {
+        // Below the user's programs: a burst's writer keeps its core, the copies take what
+        // it leaves (rsync children inherit it).
+        _ = clinux_set_thread_nice(Self.workerNice)
         state.update { $0.idle += 1 }
         while true {
             let ticket: ChangeQueue.Ticket? = state.wait { s in
@@ -471,7 +480,15 @@ public final class Mirror: @unchecked Sendable {
         let deletes = deletes ?? config.delete.whileRunning
         let abandon = { self.abandonCopies.load(ordering: .relaxed) }
         guard let index else { return transport.sync(paths, deletes: deletes, onStart: onStart(ticket), abandon: abandon) }
-        let plan = index.plan(paths, deletes: deletes)
+        let plan = index.plan(paths, deletes: deletes, localCopy: transport.copier != nil)
+        if plan.copierRecords {
+            let record = LocalCopier.Record()
+            let outcome = transport.sync(paths, deletes: deletes, onStart: onStart(ticket), abandon: abandon, record: record)
+            guard case .done = outcome else { return outcome }
+            if index.commitCopied(record) { state.update { $0.fillRequested = true } }
+            log.debug("\(config.name): \(paths.count) new path(s), hashed while copied: \(record.entries.count) recorded")
+            return outcome
+        }
         let (done, failure) = transport.apply(plan.ops, onStart: onStart(ticket))
         if let failure { return failure }
         let outcome = plan.rsyncPaths.isEmpty ? .done(files: 0, bytes: 0)

@@ -204,12 +204,25 @@ final class MirrorIndex: @unchecked Sendable {
         var replacedDirectories: [SyncPath] = []
         var held = 0
         var skipped = 0
+        /// Nothing hashed beforehand: the local copier records what it makes (`commitCopied`).
+        var copierRecords = false
     }
 
+    /// A batch of at least this many paths, none of them in the index (a burst of new
+    /// files), is not hashed before a local copy: nothing in it can be unchanged or a move,
+    /// and the copier hashes what it copies on the way.
+    static let copierRecordsMinimum = 64
+
     /// Hashes the batch's paths (io_uring), compares them with the index, and pairs deletes
-    /// and creates of the same content.
-    func plan(_ paths: [SyncPath], deletes: Bool) -> BatchPlan {
+    /// and creates of the same content. `localCopy`: the batch goes to the daemon's own
+    /// copier (see `copierRecordsMinimum`).
+    func plan(_ paths: [SyncPath], deletes: Bool, localCopy: Bool = false) -> BatchPlan {
         var plan = BatchPlan()
+        if localCopy && paths.count >= Self.copierRecordsMinimum, onlyNewFiles(paths) {
+            plan.copierRecords = true
+            plan.rsyncPaths = paths
+            return plan
+        }
         let results = hasher.hashBlocking(paths.map { joinPath(source, $0) })
         for (p, r) in zip(paths, results) {
             switch r {
@@ -302,6 +315,34 @@ final class MirrorIndex: @unchecked Sendable {
             try index.upsert(acked + changed)
             try index.markUnacked(plan.unreadable)
         }
+    }
+
+    /// True when no file or symlink of `paths` is in the index, and the directories that
+    /// are (a burst sets its directories' times last) are still directories: nothing in the
+    /// batch can be unchanged, moved or deleted.
+    private func onlyNewFiles(_ paths: [SyncPath]) -> Bool {
+        var directories: [SyncPath] = []
+        let clean = withIndex { index -> Bool in
+            for p in paths {
+                guard let e = try index.lookup(p) else { continue }
+                if e.kind != .directory || directories.count >= 16 { return false }
+                directories.append(p)
+            }
+            return true
+        } ?? false
+        guard clean else { return false }
+        if directories.isEmpty { return true }
+        return hasher.hashBlocking(directories.map { joinPath(source, $0) }).allSatisfy { r in
+            if case .success(let h) = r { return h.stat.kind == .directory }
+            return false
+        }
+    }
+
+    /// Records what the local copier made or found (a batch planned with `copierRecords`).
+    /// Returns true when some entries still need their content hash.
+    func commitCopied(_ record: LocalCopier.Record) -> Bool {
+        withIndex { try $0.upsert(record.entries.map { IndexEntry(path: $0.path, hashed: $0.entry, acked: $0.acked) }) }
+        return record.entries.contains { $0.entry.content == nil && $0.entry.stat.kind == .regular }
     }
 
     /// A rename done on the backup.

@@ -63,6 +63,13 @@ public struct FileStat: Hashable, Sendable {
             nlink: s.stx_nlink)
     }
 
+    public init(stat s: stat) {
+        let mode = UInt32(s.st_mode)
+        self.init(kind: FileKind(mode: mode), size: UInt64(max(0, s.st_size)),
+                  mtimeNs: Int64(s.st_mtim.tv_sec) * 1_000_000_000 + Int64(s.st_mtim.tv_nsec),
+                  ino: UInt64(s.st_ino), dev: UInt64(s.st_dev), mode: mode, nlink: UInt32(s.st_nlink))
+    }
+
     /// glibc's `makedev` (the encoding `stat.st_dev` uses).
     public static func makedev(major: UInt32, minor: UInt32) -> UInt64 {
         let ma = UInt64(major), mi = UInt64(minor)

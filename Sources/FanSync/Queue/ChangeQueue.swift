@@ -63,7 +63,7 @@ public struct ChangeQueue: Sendable {
         /// Seconds between syncs of a file written and not closed.
         public var openFileInterval: Double = 2
         /// Most paths in one batch.
-        public var maxBatch: Int = 50_000
+        public var maxBatch: Int = 2_000
         /// Renames are executed on the backup (false when deletes are off while running:
         /// the new name is sent and the old one kept, as rsync without --delete would).
         public var renamesOnBackup: Bool = true

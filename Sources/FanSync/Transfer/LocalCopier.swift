@@ -47,6 +47,13 @@ final class LocalCopier: Sendable {
         return nil
     }
 
+    /// True when `config`'s batches are copied by the daemon (a local target, `localCopy`
+    /// auto, and rsync options the copier reproduces).
+    static func copiesBatches(of config: MirrorConfig) -> Bool {
+        guard case .local = config.target, config.localCopy == .auto else { return false }
+        return optionNeedingRsync(config.rsync) == nil
+    }
+
     /// Nil when the copier does what rsync does with these options; else the option that
     /// needs rsync. Options with no effect on a local copy (`compress`, `verbose`,
     /// `whole_file`) do not.
@@ -59,6 +66,20 @@ final class LocalCopier: Sendable {
         if r.bwlimit != nil { return "rsync.bwlimit" }
         if let extra = r.extra.first(where: { $0 != "--delete" }) { return "the rsync argument \(extra)" }
         return nil
+    }
+
+    /// What a batch made or found on the backup, for the index, when the daemon did not
+    /// hash it beforehand: each path's version as read (`stat`), the content hash where the
+    /// copy computed it on the way (files up to `hashedCopyLimit`; larger ones and files
+    /// the quick check left are recorded without, for the background hashing), and whether
+    /// the file was still that version once copied.
+    final class Record {
+        var entries: [(path: SyncPath, entry: HashedEntry, acked: Bool)] = []
+        let hasher = ContentHasher()
+        /// Files copied through read, hash, write rather than `copy_file_range`.
+        static let hashedCopyLimit: Int64 = 1 << 20
+
+        func add(_ p: SyncPath, _ entry: HashedEntry, acked: Bool = true) { entries.append((p, entry, acked)) }
     }
 
     // MARK: A batch
@@ -74,6 +95,8 @@ final class LocalCopier: Sendable {
         /// Directories whose mode, owner and mtime follow the source's at the end.
         var directories = Set<SyncPath>()
         var lastParent: SyncPath? = nil
+        /// The read/write loop's buffer, one per batch.
+        let buffer = CopyBuffer()
 
         mutating func fail(_ what: String, _ path: SyncPath, _ code: Int32) {
             errors.append("\(what) \(path): \(String(cString: strerror(code)))")
@@ -84,7 +107,7 @@ final class LocalCopier: Sendable {
     /// one directory's paths together).
     /// `abandon` is asked between files and between chunks of a large one: when it says
     /// so the batch stops, its temporary file removed.
-    func sync(_ paths: [SyncPath], deletes: Bool, abandon: () -> Bool) -> TransferOutcome {
+    func sync(_ paths: [SyncPath], deletes: Bool, abandon: () -> Bool, record: Record? = nil) -> TransferOutcome {
         let sourceRoot = withCPath(source) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         if sourceRoot < 0 {
             return .failed("cannot open the source \(SyncPath.displayString(source)): \(String(cString: strerror(errno)))", targetUnreachable: false)
@@ -105,7 +128,7 @@ final class LocalCopier: Sendable {
         var batch = Batch()
         for p in paths.sorted() {
             if abandon() { return .failed("stopped before the batch was complete", targetUnreachable: false) }
-            copy(p, sources, targets, deletes: deletes, &batch, abandon: abandon)
+            copy(p, sources, targets, deletes: deletes, &batch, abandon: abandon, record: record)
         }
         if abandon() { return .failed("stopped before the batch was complete", targetUnreachable: false) }
         setDirectoryAttributes(batch.directories, sources, targets, &batch)
@@ -120,7 +143,7 @@ final class LocalCopier: Sendable {
     }
 
     private func copy(_ p: SyncPath, _ sources: DirectoryCache, _ targets: DirectoryCache, deletes: Bool,
-                      _ batch: inout Batch, abandon: () -> Bool) {
+                      _ batch: inout Batch, abandon: () -> Bool, record: Record?) {
         if p.isRoot {
             batch.directories.insert(.root)
             return
@@ -151,16 +174,19 @@ final class LocalCopier: Sendable {
             batch.fail("cannot make the directory of", p, targets.lastError)
             return
         }
+        let failures = batch.errors.count
         switch st.st_mode & S_IFMT {
         case S_IFDIR:
             makeDirectory(p, in: dstDir, deletes: deletes, &batch)
         case S_IFREG:
-            copyFile(p, from: srcDir, to: dstDir, deletes: deletes, &batch, abandon: abandon)
+            return copyFile(p, from: srcDir, to: dstDir, deletes: deletes, &batch, abandon: abandon, record: record)
         case S_IFLNK:
-            copySymlink(p, st, from: srcDir, to: dstDir, deletes: deletes, &batch)
+            copySymlink(p, st, from: srcDir, to: dstDir, deletes: deletes, &batch, record: record)
+            return
         default:
             copySpecial(p, st, to: dstDir, deletes: deletes, &batch)
         }
+        if let record, batch.errors.count == failures { record.add(p, HashedEntry(stat: FileStat(stat: st))) }
     }
 
     // MARK: Each kind
@@ -177,7 +203,7 @@ final class LocalCopier: Sendable {
     }
 
     private func copyFile(_ p: SyncPath, from srcDir: Int32, to dstDir: Int32, deletes: Bool,
-                          _ batch: inout Batch, abandon: () -> Bool) {
+                          _ batch: inout Batch, abandon: () -> Bool, record: Record?) {
         let name = p.name
         var src = withCPath(name) { openat(srcDir, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | clinux_o_noatime) }
         if src < 0 && errno == EPERM { src = withCPath(name) { openat(srcDir, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) } }
@@ -198,6 +224,7 @@ final class LocalCopier: Sendable {
             && old.st_mtim.tv_sec == st.st_mtim.tv_sec && old.st_mtim.tv_nsec == st.st_mtim.tv_nsec {
             // rsync's quick check: the same size and mtime is the same file.
             setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
+            record?.add(p, HashedEntry(stat: FileStat(stat: st)))
             return
         }
         // Made with its final permission bits where the umask keeps them (no chmod then);
@@ -209,7 +236,9 @@ final class LocalCopier: Sendable {
         }) else { return }
         var copied: Int64 = 0
         var failure: (String, Int32)? = nil
-        switch Self.copyContent(from: src, to: dst, copied: &copied, abandon: abandon) {
+        let hasher = record.flatMap { st.st_size <= Record.hashedCopyLimit ? $0.hasher : nil }
+        hasher?.reset()
+        switch Self.copyContent(from: src, to: dst, copied: &copied, hasher: hasher, buffer: batch.buffer, abandon: abandon) {
         case .done: break
         case .abandoned: failure = ("stopped while copying", ECANCELED)
         case .readError(let code): failure = ("cannot read", code)
@@ -227,13 +256,28 @@ final class LocalCopier: Sendable {
         }
         batch.files += 1
         batch.bytes += copied
+        if let record {
+            // Acknowledged only if the source is still the version copied (a write during
+            // the copy has its own event).
+            var after = stat()
+            let before = FileStat(stat: st)
+            let same = fstat(src, &after) == 0 && before.sameVersion(as: FileStat(stat: after)) && copied == Int64(st.st_size)
+            record.add(p, HashedEntry(stat: before, content: same ? hasher?.finish() : nil), acked: same)
+        }
     }
 
-    private func copySymlink(_ p: SyncPath, _ st: stat, from srcDir: Int32, to dstDir: Int32, deletes: Bool, _ batch: inout Batch) {
+    private func copySymlink(_ p: SyncPath, _ st: stat, from srcDir: Int32, to dstDir: Int32, deletes: Bool, _ batch: inout Batch,
+                             record: Record?) {
         let name = p.name
         guard let link = Self.readLink(srcDir, name) else {
             if errno == EINVAL { batch.raced = true } else if errno != ENOENT { batch.fail("cannot read", p, errno) }
             return
+        }
+        let failures = batch.errors.count
+        defer {
+            if let record, batch.errors.count == failures {
+                record.add(p, HashedEntry(stat: FileStat(stat: st), linkTarget: link, content: ContentHash.of(link)))
+            }
         }
         var old = stat()
         let exists = withCPath(name, { fstatat(dstDir, $0, &old, AT_SYMLINK_NOFOLLOW) }) == 0
@@ -439,11 +483,11 @@ final class LocalCopier: Sendable {
 
     /// Copies from `src` to `dst` (both at offset 0) until the end of `src`: with
     /// `copy_file_range`, or read/write where the kernel cannot (another filesystem type).
-    static func copyContent(from src: Int32, to dst: Int32, copied: inout Int64, abandon: () -> Bool) -> CopyResult {
+    static func copyContent(from src: Int32, to dst: Int32, copied: inout Int64, hasher: ContentHasher? = nil,
+                            buffer: CopyBuffer, abandon: () -> Bool) -> CopyResult {
         let chunk = 8 << 20
-        var kernelCopy = true
-        var buffer: UnsafeMutableRawPointer? = nil
-        defer { buffer?.deallocate() }
+        // Hashed on the way: through a buffer, where the kernel's copy would skip it.
+        var kernelCopy = hasher == nil
         while true {
             if copied > 0, abandon() { return .abandoned }
             if kernelCopy {
@@ -457,14 +501,14 @@ final class LocalCopier: Sendable {
                 kernelCopy = false
                 continue
             }
-            let size = 256 << 10
-            if buffer == nil { buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096) }
-            let n = read(src, buffer, size)
+            let base = buffer.pointer
+            let n = read(src, base, CopyBuffer.size)
             if n == 0 { return .done }
             if n < 0 { if errno == EINTR { continue }; return .readError(errno) }
+            hasher?.update(UnsafeRawBufferPointer(start: base, count: n))
             var off = 0
             while off < n {
-                let w = write(dst, buffer! + off, n - off)
+                let w = write(dst, base + off, n - off)
                 if w < 0 { if errno == EINTR { continue }; return .writeError(errno) }
                 off += w
             }
@@ -483,6 +527,20 @@ final class LocalCopier: Sendable {
             size *= 4
         }
     }
+}
+
+/// A read/write buffer allocated on first use and kept for a batch (an allocation of this
+/// size is an mmap and a munmap each time).
+final class CopyBuffer {
+    static let size = 256 << 10
+    private var storage: UnsafeMutableRawPointer? = nil
+    var pointer: UnsafeMutableRawPointer {
+        if let storage { return storage }
+        let p = UnsafeMutableRawPointer.allocate(byteCount: Self.size, alignment: 4096)
+        storage = p
+        return p
+    }
+    deinit { storage?.deallocate() }
 }
 
 /// Open directories beneath a root, by relative path, never through a symlink; the last

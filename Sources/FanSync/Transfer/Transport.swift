@@ -19,7 +19,7 @@ public final class Transport: Sendable {
 
     public init(config: MirrorConfig) throws {
         self.config = config
-        if case .local(let path) = config.target, config.localCopy == .auto, LocalCopier.optionNeedingRsync(config.rsync) == nil {
+        if case .local(let path) = config.target, LocalCopier.copiesBatches(of: config) {
             copier = LocalCopier(source: config.source, target: path)
         } else {
             copier = nil
@@ -203,13 +203,14 @@ public final class Transport: Sendable {
     /// Sends `paths` (relative to the source root) to the backup. `onStart` gets rsync's
     /// pid, or 0 when the daemon copies the batch itself; `abandon` stops such a copy (the
     /// daemon is stopping and its grace period is over).
-    public func sync(_ paths: [SyncPath], deletes: Bool, onStart: ((pid_t) -> Void)? = nil,
-                     abandon: () -> Bool = { false }) -> TransferOutcome {
+    /// `record`: what the copier made, for the index (local copies only).
+    func sync(_ paths: [SyncPath], deletes: Bool, onStart: ((pid_t) -> Void)? = nil,
+              abandon: () -> Bool = { false }, record: LocalCopier.Record? = nil) -> TransferOutcome {
         if let copier {
             onStart?(0)
             // It handles what `prepared` does for rsync itself: a path gone or under a file
             // is deleted; the file that replaced a directory has its own event.
-            return copier.sync(paths, deletes: deletes, abandon: abandon)
+            return copier.sync(paths, deletes: deletes, abandon: abandon, record: record)
         }
         var list: [UInt8] = []
         for p in prepared(paths) {
