@@ -15,6 +15,10 @@ public final class Daemon: @unchecked Sendable {
     private let dirty = Monitor<Bool>(false)
     private lazy var registry = WatcherRegistry(log: log)
     let startedAt = wallNow()
+    /// The least time between two status writes that follow state changes (a transfer
+    /// ended, the start caught up): at most 50 a second, each within 20 ms of its change.
+    static let statusSpacing = 0.02
+
     /// Loads the configuration again (SIGHUP); nil when there is no config file.
     let reload: (() throws -> (DaemonSettings, [MirrorConfig]))?
 
@@ -30,7 +34,11 @@ public final class Daemon: @unchecked Sendable {
         let mirror = try Mirror(config: config, log: log, registry: registry, stateRoot: settings.stateDir,
                                 allowMassDelete: settings.allowMassDelete)
         mirror.onFatal = { [fatal] why in fatal.update { $0 = why } }
-        mirror.onStateChange = { [dirty] in dirty.withLock { $0 = true } }
+        mirror.onStateChange = { [dirty] in
+            // The first change since the last status wakes the main loop.
+            let first = dirty.withLock { d -> Bool in defer { d = true }; return !d }
+            if first { kill(getpid(), SIGUSR2) }
+        }
         try mirror.start()
         log.info("\(config.name): mirroring \(SyncPath.displayString(config.source)) to \(config.target) (delay \(config.delay) s, \(config.maxProcesses) transfer(s) at a time; \(mirror.transport.batchDescription))")
         return mirror
@@ -92,7 +100,8 @@ public final class Daemon: @unchecked Sendable {
         // Signals are taken by this thread only: block them before any thread starts.
         var set = sigset_t()
         sigemptyset(&set)
-        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, s) }
+        // SIGUSR2: a mirror's state changed (the status is rewritten at once).
+        for s in [SIGINT, SIGTERM, SIGHUP, SIGUSR2] { sigaddset(&set, s) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
         signal(SIGPIPE, SIG_IGN)
         // Transfers read at idle I/O priority (inherited by rsync) so training never waits.
@@ -120,8 +129,8 @@ public final class Daemon: @unchecked Sendable {
         var lastStatus = 0.0
         loop: while true {
             let now = monotonicNow()
-            // Every statusInterval, and soon after each state change (at most 10 times a second).
-            if now >= nextStatus || (dirty.withLock({ $0 }) && now >= lastStatus + 0.1) {
+            // Every statusInterval, and soon after each state change (see statusSpacing).
+            if now >= nextStatus || (dirty.withLock({ $0 }) && now >= lastStatus + Self.statusSpacing) {
                 dirty.withLock { $0 = false }
                 for m in mirrors { m.checkSourceRoot() }
                 writeStatus()
@@ -133,7 +142,9 @@ public final class Daemon: @unchecked Sendable {
                 exitCode = 1
                 break
             }
-            var timeout = timespec(tv_sec: 0, tv_nsec: 100_000_000)
+            // A change soon after the last status waits for the rest of the spacing.
+            let wait = dirty.withLock({ $0 }) ? max(0.001, lastStatus + Self.statusSpacing - monotonicNow()) : 0.1
+            var timeout = timespec(tv_sec: 0, tv_nsec: Int(min(wait, 0.1) * 1e9))
             var info = siginfo_t()
             let sig = sigtimedwait(&set, &info, &timeout)
             switch sig {

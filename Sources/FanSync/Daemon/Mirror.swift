@@ -185,6 +185,7 @@ public final class Mirror: @unchecked Sendable {
             $0.initialSyncDone = true
             $0.fillRequested = true
         }
+        onStateChange?()
         log.info("\(config.name): start from the index: walked \(result.walked) paths in \(format3(monotonicNow() - began)) s; \(result.changes) changed, \(result.deletes) deleted\(result.held ? " (deletes held)" : "")")
     }
 
