@@ -78,6 +78,31 @@ final class BackupOperationsTests: XCTestCase {
         check(result)
     }
 
+    /// Locally, no operation goes through a symlink on the backup: a symlink standing where
+    /// the source has a directory is replaced, and what it points to is left alone.
+    func testLocalTargetNeverFollowsASymlink() throws {
+        let backup = dir + Array("/backup".utf8), outside = dir + Array("/outside".utf8)
+        try RulesTestSupport.makeDirectory(backup)
+        try RulesTestSupport.makeDirectory(outside)
+        try RulesTestSupport.symlink(target: outside, at: backup + Array("/linked".utf8))
+        try RulesTestSupport.symlink(target: outside, at: backup + Array("/linked2".utf8))
+        try RulesTestSupport.writeFile(backup + Array("/model.pt".utf8), Array("weights".utf8))
+        try RulesTestSupport.writeFile(outside + Array("/victim".utf8), Array("keep".utf8))
+        let t = try Transport(config: MirrorConfig(name: "t", source: Array("/nonexistent".utf8), target: .local(path: backup)))
+        var ops = BackupOperations()
+        ops.copies = [.init(from: SyncPath("model.pt"), to: SyncPath("linked/copy.pt"))]
+        // A rename whose source sits under a symlink: not found, nothing done.
+        ops.renames = [.init(from: SyncPath("linked2/victim"), to: SyncPath("stolen"))]
+        let (result, failure) = t.apply(ops)
+        XCTAssertNil(failure)
+        XCTAssertEqual(result.copied, 1)
+        XCTAssertEqual(result.renamed, 0)
+        XCTAssertEqual(RulesTestSupport.readFile(backup + Array("/linked/copy.pt".utf8)), Array("weights".utf8))
+        XCTAssertNil(RulesTestSupport.readFile(outside + Array("/copy.pt".utf8)), "written through the backup's symlink")
+        XCTAssertEqual(RulesTestSupport.readFile(outside + Array("/victim".utf8)), Array("keep".utf8))
+        XCTAssertNil(RulesTestSupport.readFile(backup + Array("/stolen".utf8)))
+    }
+
     /// The script the ssh form sends, run by sh in the backup directory.
     func testRemoteScriptRunByShell() throws {
         let c = MirrorConfig(name: "t", source: Array("/nonexistent".utf8), target: .local(path: dir))

@@ -40,17 +40,19 @@ public struct BackupOperations: Sendable, Equatable {
 }
 
 extension Transport {
-    /// Applies `ops` on the backup: directly for a local target, as one `sh` script read
-    /// from stdin over ssh (one connection, whatever the number of operations; every name
-    /// single-quoted). An unreachable target is `.failed`; failed operations are not errors.
+    /// Applies `ops` on the backup: with syscalls for a local target (`LocalCopier`: nothing
+    /// opened through a symlink), as one `sh` script read from stdin over ssh (one
+    /// connection, whatever the number of operations; every name single-quoted). An
+    /// unreachable target is `.failed`; failed operations are not errors.
     func apply(_ ops: BackupOperations, onStart: ((pid_t) -> Void)? = nil) -> (BackupOperations.Result, TransferOutcome?) {
         var result = BackupOperations.Result()
         guard !ops.isEmpty else { return (result, nil) }
         switch config.target {
-        case .local(let root):
-            for m in ops.renames where localRename(root, m.from, m.to) == nil { result.renamed += 1 }
-            for m in ops.copies where localCopy(root, m.from, m.to) { result.copied += 1 }
-            for t in ops.times { setTimes(joinPath(root, t.path), t.mtimeNs) }
+        case .local:
+            guard let local else { return (result, nil) }
+            for m in ops.renames where local.renameInTarget(m.from, m.to) == nil { result.renamed += 1 }
+            for m in ops.copies where local.copyInTarget(m.from, m.to) { result.copied += 1 }
+            for t in ops.times { local.setMtimeInTarget(t.path, t.mtimeNs) }
             return (result, nil)
         case .ssh(let t):
             let script = remoteScript(ops, directory: t.directory)
@@ -111,42 +113,6 @@ extension Transport {
         to.parent.appending(Array(".fansync-copy.\(getpid()).\(serial).tmp".utf8))
     }
 
-    /// rename(2) on a local backup; nil when done, else why not.
-    func localRename(_ root: [UInt8], _ from: SyncPath, _ to: SyncPath) -> String? {
-        let a = joinPath(root, from), b = joinPath(root, to)
-        var st = stat()
-        if withCPath(a, { lstat($0, &st) }) != 0 { return "not on the backup: \(from)" }
-        _ = makeDirectories(joinPath(root, to.parent))
-        if withCPath(a, { pa in withCPath(b, { pb in Glibc.rename(pa, pb) }) }) != 0 {
-            return "rename \(from) -> \(to) on the backup: \(String(cString: strerror(errno)))"
-        }
-        return nil
-    }
-
-    /// `cp` on a local backup (reflinked where the filesystem can), through a temporary name.
-    func localCopy(_ root: [UInt8], _ from: SyncPath, _ to: SyncPath) -> Bool {
-        let tmp = joinPath(root, Self.copyTemporary(for: to, serial: 0))
-        _ = makeDirectories(joinPath(root, to.parent))
-        let argv: [[UInt8]] = ["cp", "-P", "-p", "--reflink=auto", "-T", "--"].map { Array($0.utf8) } + [joinPath(root, from), tmp]
-        guard let r = try? Subprocess.run(argv), r.status == 0 else {
-            _ = withCPath(tmp) { unlink($0) }
-            return false
-        }
-        if withCPath(tmp, { pa in withCPath(joinPath(root, to), { pb in Glibc.rename(pa, pb) }) }) != 0 {
-            _ = withCPath(tmp) { unlink($0) }
-            return false
-        }
-        return true
-    }
-
-    /// Sets the modification time of `path` (not following a symlink); leaves atime.
-    func setTimes(_ path: [UInt8], _ mtimeNs: Int64) {
-        if mtimeNs < 0 { return }
-        let omit = (1 << 30) - 2   // UTIME_OMIT: leave the access time
-        var ts = [timespec(tv_sec: 0, tv_nsec: omit),
-                  timespec(tv_sec: Int(mtimeNs / 1_000_000_000), tv_nsec: Int(mtimeNs % 1_000_000_000))]
-        _ = withCPath(path) { utimensat(AT_FDCWD, $0, &ts, AT_SYMLINK_NOFOLLOW) }
-    }
 }
 
 extension Transport {

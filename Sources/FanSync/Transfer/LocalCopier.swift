@@ -179,9 +179,9 @@ final class LocalCopier: Sendable {
         case S_IFDIR:
             makeDirectory(p, in: dstDir, deletes: deletes, &batch)
         case S_IFREG:
-            return copyFile(p, from: srcDir, to: dstDir, deletes: deletes, &batch, abandon: abandon, record: record)
+            return copyFile(p, in: srcDir, to: dstDir, deletes: deletes, &batch, abandon: abandon, record: record)
         case S_IFLNK:
-            copySymlink(p, st, from: srcDir, to: dstDir, deletes: deletes, &batch, record: record)
+            copySymlink(p, st, in: srcDir, to: dstDir, deletes: deletes, &batch, record: record)
             return
         default:
             copySpecial(p, st, to: dstDir, deletes: deletes, &batch)
@@ -202,11 +202,13 @@ final class LocalCopier: Sendable {
         if withCPath(name, { mkdirat(dstDir, $0, 0o700) }) != 0 && errno != EEXIST { batch.fail("cannot make", p, errno) }
     }
 
-    private func copyFile(_ p: SyncPath, from srcDir: Int32, to dstDir: Int32, deletes: Bool,
+    /// `fromName`: the name in `srcDir` when it is not `p`'s own (a copy inside the backup).
+    private func copyFile(_ p: SyncPath, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, deletes: Bool,
                           _ batch: inout Batch, abandon: () -> Bool, record: Record?) {
         let name = p.name
-        var src = withCPath(name) { openat(srcDir, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | clinux_o_noatime) }
-        if src < 0 && errno == EPERM { src = withCPath(name) { openat(srcDir, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) } }
+        let sourceName = fromName ?? name
+        var src = withCPath(sourceName) { openat(srcDir, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | clinux_o_noatime) }
+        if src < 0 && errno == EPERM { src = withCPath(sourceName) { openat(srcDir, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) } }
         if src < 0 {
             switch errno {
             case ENOENT, ENOTDIR: if deletes { remove(p, targetsOf: dstDir, &batch) }
@@ -266,10 +268,10 @@ final class LocalCopier: Sendable {
         }
     }
 
-    private func copySymlink(_ p: SyncPath, _ st: stat, from srcDir: Int32, to dstDir: Int32, deletes: Bool, _ batch: inout Batch,
-                             record: Record?) {
+    private func copySymlink(_ p: SyncPath, _ st: stat, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, deletes: Bool,
+                             _ batch: inout Batch, record: Record?) {
         let name = p.name
-        guard let link = Self.readLink(srcDir, name) else {
+        guard let link = Self.readLink(srcDir, fromName ?? name) else {
             if errno == EINVAL { batch.raced = true } else if errno != ENOENT { batch.fail("cannot read", p, errno) }
             return
         }
@@ -363,6 +365,59 @@ final class LocalCopier: Sendable {
         if let failure { return .failure(failure) }
         if withCPath(name, { unlinkat(dir, $0, AT_REMOVEDIR) }) != 0 && errno != ENOENT { return .failure(Errno(code: errno)) }
         return .success(count + 1)
+    }
+
+    // MARK: Inside the backup (the moves and copies the index plans)
+
+    /// Runs `body` with the target's directories at hand (opened beneath its root, never
+    /// through a symlink; missing ones made 0755); nil when the root cannot be opened.
+    private func inTarget<R>(_ body: (DirectoryCache) -> R) -> R? {
+        let root = withCPath(target) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        if root < 0 { return nil }
+        defer { Glibc.close(root) }
+        return body(DirectoryCache(root: root, newDirectoryMode: 0o755))
+    }
+
+    /// rename(2) of `from` to `to` on the backup, `to`'s directories made as needed; nil when
+    /// done, else why not.
+    func renameInTarget(_ from: SyncPath, _ to: SyncPath) -> String? {
+        inTarget { dirs -> String? in
+            let a = dirs.open(from.parent)
+            var st = stat()
+            guard a >= 0, withCPath(from.name, { fstatat(a, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 else { return "not on the backup: \(from)" }
+            let b = dirs.open(to.parent, create: true)
+            let r = b < 0 ? -1 : withCPath(from.name) { x in withCPath(to.name) { y in renameat(a, x, b, y) } }
+            return r == 0 ? nil : "rename \(from) -> \(to) on the backup: \(String(cString: strerror(errno)))"
+        } ?? "cannot open the backup \(SyncPath.displayString(target)): \(String(cString: strerror(errno)))"
+    }
+
+    /// A copy of the file or symlink `from` to `to` on the backup, through a temporary name,
+    /// with `from`'s owner, mode and mtime (`copy_file_range`: a reflink where the
+    /// filesystem can). True when made.
+    func copyInTarget(_ from: SyncPath, _ to: SyncPath) -> Bool {
+        inTarget { dirs -> Bool in
+            var batch = Batch()
+            let a = dirs.open(from.parent)
+            var st = stat()
+            guard a >= 0, withCPath(from.name, { fstatat(a, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 else { return false }
+            let b = dirs.open(to.parent, create: true)
+            guard b >= 0 else { return false }
+            switch st.st_mode & S_IFMT {
+            case S_IFREG: copyFile(to, fromName: from.name, in: a, to: b, deletes: false, &batch, abandon: { false }, record: nil)
+            case S_IFLNK: copySymlink(to, st, fromName: from.name, in: a, to: b, deletes: false, &batch, record: nil)
+            default: return false
+            }
+            return batch.errors.isEmpty && !batch.raced && batch.files + (st.st_mode & S_IFMT == S_IFLNK ? 1 : 0) > 0
+        } ?? false
+    }
+
+    /// Sets `path`'s mtime on the backup (not following a symlink; atime left as it is).
+    func setMtimeInTarget(_ path: SyncPath, _ ns: Int64) {
+        guard ns >= 0 else { return }
+        _ = inTarget { dirs in
+            let d = dirs.open(path.parent)
+            if d >= 0 { _ = withCPath(path.name) { clinux_set_mtime(d, $0, ns / 1_000_000_000, Int(ns % 1_000_000_000), AT_SYMLINK_NOFOLLOW) } }
+        }
     }
 
     // MARK: Helpers
@@ -552,8 +607,14 @@ private final class DirectoryCache {
     /// The errno of the last failed `open`.
     private(set) var lastError: Int32 = 0
     private static let capacity = 8
+    /// Mode of the directories `open(_:create:)` makes (0700 in a batch: their attributes
+    /// are set from the source at its end).
+    private let newDirectoryMode: mode_t
 
-    init(root: Int32) { self.root = root }
+    init(root: Int32, newDirectoryMode: mode_t = 0o700) {
+        self.root = root
+        self.newDirectoryMode = newDirectoryMode
+    }
 
     deinit { for fd in open.values { Glibc.close(fd) } }
 
@@ -593,7 +654,7 @@ private final class DirectoryCache {
                 errno = ENOENT
             }
             if next < 0 && errno == ENOENT {
-                if withCPath(name, { mkdirat(current, $0, 0o700) }) != 0 && errno != EEXIST { return fail(current) }
+                if withCPath(name, { mkdirat(current, $0, newDirectoryMode) }) != 0 && errno != EEXIST { return fail(current) }
                 next = withCPath(name) { openat(current, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             }
             if next < 0 { return fail(current) }

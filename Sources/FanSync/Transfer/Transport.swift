@@ -14,16 +14,20 @@ public final class Transport: Sendable {
     public let config: MirrorConfig
     /// Private directory for the ssh ControlMaster socket (ssh targets only).
     private let controlDirectory: String?
-    /// A local target's batches, when fansync copies them itself (see `LocalCopier`).
-    let copier: LocalCopier?
+    /// A local target's tree: renames and copies on it, and its batches when fansync copies
+    /// them itself (`copier`, see `LocalCopier`).
+    let local: LocalCopier?
+    private let copiesBatches: Bool
+    var copier: LocalCopier? { copiesBatches ? local : nil }
 
     public init(config: MirrorConfig) throws {
         self.config = config
-        if case .local(let path) = config.target, LocalCopier.copiesBatches(of: config) {
-            copier = LocalCopier(source: config.source, target: path)
+        if case .local(let path) = config.target {
+            local = LocalCopier(source: config.source, target: path)
         } else {
-            copier = nil
+            local = nil
         }
+        copiesBatches = LocalCopier.copiesBatches(of: config)
         // A user's own remote shell (lsyncd's rsync.rsh) is used as it is, without our master.
         if case .ssh = config.target, config.rsync.rsh == nil {
             var template = Array("/tmp/fansync-ssh-XXXXXX".utf8CString)
@@ -320,8 +324,8 @@ public final class Transport: Sendable {
     /// then sends `to` and `from` instead.
     public func rename(from: SyncPath, to: SyncPath) -> TransferOutcome {
         switch config.target {
-        case .local(let root):
-            if let why = localRename(root, from, to) { return .failed(why, targetUnreachable: false) }
+        case .local:
+            if let why = local?.renameInTarget(from, to) { return .failed(why, targetUnreachable: false) }
             return .done(files: 0, bytes: 0)
         case .ssh(let t):
             let dir = t.directory
