@@ -168,6 +168,11 @@ public final class Mirror: @unchecked Sendable {
             state.update { $0.queue.add(events, now: monotonicNow()) }
         }
         if isStopping { return }
+        if let failure = result.failure {
+            log.error("\(config.name): the start from the index broke off (\(failure)): full sync instead")
+            state.update { $0.queue.addTree(.root, initial: true, now: monotonicNow()) }
+            return
+        }
         // Trust the index only if the backup still looks like what it describes.
         if let probe = transport.probeBackup(result.samples.map(\.path)),
            let why = index.backupMismatch(root: probe.root, sizes: probe.sizes, samples: result.samples) {

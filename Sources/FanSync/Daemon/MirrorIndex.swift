@@ -522,6 +522,9 @@ final class MirrorIndex: @unchecked Sendable {
         var held = false
         /// The differences were too many to queue one by one: a full rsync is needed.
         var tooMany = false
+        /// The comparison broke off (the index could not be read, the walk came out of
+        /// order): what it did not reach is unknown, a full rsync is needed.
+        var failure: String? = nil
         /// Files the index says the backup holds unchanged, drawn at random: checked on the
         /// backup before the index is trusted (a backup emptied or replaced under it).
         var samples: [(path: SyncPath, size: UInt64)] = []
@@ -594,7 +597,7 @@ final class MirrorIndex: @unchecked Sendable {
             emit(events)
             return result
         } catch {
-            log.error("\(name): \(error)")
+            result.failure = "\(error)"
             emit(events)
             return result
         }
