@@ -45,7 +45,7 @@ case "check-ignore":
         let cwd = Array(currentDirectory().utf8)
         guard let first = loaded.mirrors.first else { throw ArgumentReader.UsageError("\(path) defines no sync{}") }
         let mirror = loaded.mirrors.first { SyncPath(bytes: cwd).isInside(SyncPath(bytes: $0.source)) } ?? first
-        return (mirror.source, mirror.rulesFileNames, mirror.excludes)
+        return (mirror.source, mirror.rulesFileNames, mirror.globalPatterns)
     }
     writeOut(result.output)
     if !result.errors.isEmpty { printError(result.errors) }

@@ -179,6 +179,9 @@ final class ConfigLoaderTests: XCTestCase {
 
     func testFilterAndFilterFrom() {
         XCTAssertEqual(f.mirror(local("filter = { '+ keep.log', '- *.log' }"))?.filters, ["+ keep.log", "- *.log"])
+        // As the rules engine (and check-ignore --config) take them: gitignore order.
+        XCTAssertEqual(f.mirror(local("exclude = { '.git' }, filter = { '+ keep.log', '- *.log' }"))?.globalPatterns,
+                       [".git", "*.log", "!keep.log"])
         f.write("filters", "+ a\n- *\n")
         XCTAssertEqual(f.mirror(local("filterFrom = 'filters'"))?.filters, ["+ a", "- *"])
         let e = f.error(local("filter = { 'keep.log' }"))

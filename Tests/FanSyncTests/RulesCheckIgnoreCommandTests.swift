@@ -137,7 +137,7 @@ final class RulesCheckIgnoreCommandTests: XCTestCase {
         let result = CheckIgnoreCommand.run(arguments: ["-v", "--config", "/etc/fansync.conf.lua", "main.c", "x.tmp"], stdinBytes: { [] },
                                             resolveConfig: { path in
             XCTAssertEqual(path, "/etc/fansync.conf.lua")
-            return (source: self.repo, rulesFileNames: [bytes(".gitignore")], excludes: ["*.tmp"])
+            return (source: self.repo, rulesFileNames: [bytes(".gitignore")], patterns: ["*.tmp"])
         })
         XCTAssertEqual(result.output, bytes("<exclude>:1:*.tmp\tx.tmp\n"))
         XCTAssertEqual(result.status, 0)

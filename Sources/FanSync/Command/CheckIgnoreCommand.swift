@@ -11,7 +11,7 @@ import Musl
 /// the bytes for standard output, the text for standard error and the exit status go out
 /// (0: some path is excluded, 1: none, 128: an error).
 public enum CheckIgnoreCommand {
-    public typealias ResolvedConfig = (source: [UInt8], rulesFileNames: [[UInt8]], excludes: [String])
+    public typealias ResolvedConfig = (source: [UInt8], rulesFileNames: [[UInt8]], patterns: [String])
 
     public static let usage = """
     usage: fansync check-ignore [options] PATH...
@@ -150,7 +150,7 @@ public enum CheckIgnoreCommand {
                 let resolved = try resolveConfig(configOption)
                 source = resolved.source
                 rulesFileNames = resolved.rulesFileNames
-                globalPatterns = resolved.excludes
+                globalPatterns = resolved.patterns
             } catch {
                 return fail("config \(configOption): \(error)")
             }

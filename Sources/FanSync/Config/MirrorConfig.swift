@@ -34,6 +34,20 @@ public struct MirrorConfig: Sendable, Equatable {
     /// Delete on the backup what a rules change newly excludes.
     public var deleteExcluded: Bool = false
 
+    /// The patterns that apply below every rules file, in gitignore order (the last match
+    /// wins): `excludes`, then lsyncd's filter rules mapped to patterns. rsync's filter
+    /// rules ("- pat" excludes, "+ pat" includes) let the first match win, so they go in
+    /// reverse order, "+" as a negation. The daemon and `check-ignore --config` both use it.
+    public var globalPatterns: [String] {
+        var patterns = excludes
+        for rule in filters.reversed() {
+            let t = rule.trimmingLeadingSpaces
+            if t.hasPrefix("- ") { patterns.append(String(t.dropFirst(2))) }
+            else if t.hasPrefix("+ ") { patterns.append("!" + t.dropFirst(2)) }
+        }
+        return patterns
+    }
+
     /// The rules file names to read in every directory, highest priority first.
     public var rulesFileNames: [[UInt8]] {
         var names: [[UInt8]] = rulesFile.isEmpty ? [] : [Array(rulesFile.utf8)]

@@ -82,15 +82,7 @@ public final class Mirror: @unchecked Sendable {
     /// The rules engine: rules files, global excludes and lsyncd's filter rules, with
     /// malformed rules lines logged (file and line), never fatal.
     static func makeRules(_ config: MirrorConfig, log: Logger) -> RulesEngine {
-        // lsyncd's filter rules are rsync's ("- pat" excludes, "+ pat" includes, the first
-        // match wins); gitignore lets the last match win, so they go in reverse order.
-        var patterns = config.excludes
-        for rule in config.filters.reversed() {
-            let t = rule.trimmingLeadingSpaces
-            if t.hasPrefix("- ") { patterns.append(String(t.dropFirst(2))) }
-            else if t.hasPrefix("+ ") { patterns.append("!" + t.dropFirst(2)) }
-        }
-        let rules = RulesEngine(sourceRoot: config.source, rulesFileNames: config.rulesFileNames, globalPatterns: patterns)
+        let rules = RulesEngine(sourceRoot: config.source, rulesFileNames: config.rulesFileNames, globalPatterns: config.globalPatterns)
         let name = config.name
         rules.warningHandler = { warning in log.warning("\(name): rules: \(warning)") }
         return rules
