@@ -217,6 +217,30 @@ final class ChangeQueueTests: XCTestCase {
         XCTAssertEqual(split.count, 2)
     }
 
+    /// A backlog far larger than a batch goes out in batches of at most `maxBatch`, every
+    /// path exactly once, one worker at a time or several.
+    func testLargeBacklogInBatchesOfAtMostMaxBatch() {
+        var q = ChangeQueue()
+        q.policy.burstHold = 0
+        let paths = (0..<25_000).map { SyncPath("d\($0 % 97)/f\($0)") }
+        q.add(paths.map { written($0) }, now: 0)
+        var sent: [SyncPath] = []
+        var round = 0
+        while q.queuedCount > 0 && round < 100 {
+            round += 1
+            let tickets = q.next(now: 1, idle: round % 3 == 0 ? 2 : 1)
+            XCTAssertFalse(tickets.isEmpty)
+            for t in tickets {
+                guard case .sync(let batch) = t.job else { return XCTFail("\(t.job)") }
+                XCTAssertLessThanOrEqual(batch.count, q.policy.maxBatch)
+                sent += batch
+                q.succeeded(t)
+            }
+        }
+        XCTAssertEqual(sent.count, paths.count)
+        XCTAssertEqual(Set(sent), Set(paths))
+    }
+
     func testBurstIsHeldBrieflyButALoneChangeIsNot() {
         var q = ChangeQueue()
         q.add([written(a)], now: 10)

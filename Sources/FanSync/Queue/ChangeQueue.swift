@@ -269,9 +269,18 @@ public struct ChangeQueue: Sendable {
         let force = policy.maxDelays > 0 && entries.count >= policy.maxDelays
         var ready: [SyncPath] = []
         var blockedBeforeBarrier = false
+        // Enough for every free worker: the rest is not looked at (a large backlog would
+        // otherwise be scanned whole for each batch taken from it).
+        let enough = idle * max(1, policy.maxBatch)
         for segment in segmentPaths.keys.sorted() where segment <= limit {
+            if ready.count >= enough { break }
             var keep: [SyncPath] = []
-            for p in segmentPaths[segment]! {
+            let slots = segmentPaths[segment]!
+            for (i, p) in slots.enumerated() {
+                if ready.count >= enough {
+                    keep.append(contentsOf: slots[i...])
+                    break
+                }
                 guard let e = entries[p], e.segment == segment else { continue }   // stale slot
                 let due = force ? (e.attempts == 0 || e.readyAt <= now) : e.readyAt <= now
                 let delayed = e.attempts == 0 ? (e.firstSeen + policy.delay > now && !force) : false
