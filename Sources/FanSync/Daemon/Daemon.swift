@@ -16,8 +16,14 @@ public final class Daemon: @unchecked Sendable {
     private lazy var registry = WatcherRegistry(log: log)
     let startedAt = wallNow()
     /// The least time between two status writes that follow state changes (a transfer
-    /// ended, the start caught up): at most 50 a second, each within 20 ms of its change.
+    /// ended, the start caught up): at most 50 a second, each within 20 ms of its change;
+    /// 100 ms while more than `busyQueue` paths wait (a status walks the queue for its
+    /// oldest change, under the lock the workers need).
     static let statusSpacing = 0.02
+    static let busyStatusSpacing = 0.1
+    static let busyQueue = 1000
+    /// The spacing the last status called for.
+    private var spacing = Daemon.statusSpacing
 
     /// Loads the configuration again (SIGHUP); nil when there is no config file.
     let reload: (() throws -> (DaemonSettings, [MirrorConfig]))?
@@ -130,7 +136,7 @@ public final class Daemon: @unchecked Sendable {
         loop: while true {
             let now = monotonicNow()
             // Every statusInterval, and soon after each state change (see statusSpacing).
-            if now >= nextStatus || (dirty.withLock({ $0 }) && now >= lastStatus + Self.statusSpacing) {
+            if now >= nextStatus || (dirty.withLock({ $0 }) && now >= lastStatus + spacing) {
                 dirty.withLock { $0 = false }
                 for m in mirrors { m.checkSourceRoot() }
                 writeStatus()
@@ -143,7 +149,7 @@ public final class Daemon: @unchecked Sendable {
                 break
             }
             // A change soon after the last status waits for the rest of the spacing.
-            let wait = dirty.withLock({ $0 }) ? max(0.001, lastStatus + Self.statusSpacing - monotonicNow()) : 0.1
+            let wait = dirty.withLock({ $0 }) ? max(0.001, lastStatus + spacing - monotonicNow()) : 0.1
             var timeout = timespec(tv_sec: 0, tv_nsec: Int(min(wait, 0.1) * 1e9))
             var info = siginfo_t()
             let sig = sigtimedwait(&set, &info, &timeout)
@@ -181,7 +187,7 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    func statusJSON(stopped: Bool = false) -> JSON {
+    func statusJSON(stopped: Bool = false, statuses: [MirrorStatus]? = nil) -> JSON {
         .object([
             ("version", .string(fansyncVersion)),
             ("pid", .number(Double(getpid()))),
@@ -190,14 +196,16 @@ public final class Daemon: @unchecked Sendable {
             ("updated", .number((wallNow() * 1000).rounded() / 1000)),
             ("uptime_seconds", .number((wallNow() - startedAt).rounded())),
             ("status_interval", .number(settings.statusInterval)),
-            ("syncs", .array(mirrors.map { $0.status().json })),
+            ("syncs", .array((statuses ?? mirrors.map { $0.status() }).map(\.json))),
         ])
     }
 
     func writeStatus(stopped: Bool = false) {
         guard let path = settings.statusFile, !path.isEmpty else { return }
+        let statuses = mirrors.map { $0.status() }
+        spacing = statuses.contains { $0.queued > Self.busyQueue } ? Self.busyStatusSpacing : Self.statusSpacing
         do {
-            try writeFileAtomically(path, statusJSON(stopped: stopped).serialized() + "\n")
+            try writeFileAtomically(path, statusJSON(stopped: stopped, statuses: statuses).serialized() + "\n")
         } catch {
             log.warning("\(error)")
         }
