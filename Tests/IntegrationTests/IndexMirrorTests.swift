@@ -10,6 +10,15 @@ import XCTest
 final class IndexMirrorTests: XCTestCase {
     override func setUp() { continueAfterFailure = false }
 
+    /// A temporary folder for one test (removed after it) holding an empty `source`, and
+    /// the path of a `backup` beside it.
+    func workspace(_ label: String) -> (work: String, src: String, dst: String) {
+        let work = Harness.tempDirectory(label)
+        addTeardownBlock { Harness.removeTree(work) }
+        mkdir(work + "/source", 0o755)
+        return (work, work + "/source", work + "/backup")
+    }
+
     func counter(_ d: DaemonProcess, _ key: String) -> Int { Int(d.firstSync?[key]?.number ?? -1) }
 
     /// Waits until the counter `key` reaches at least `value` (the status is rewritten
@@ -97,10 +106,7 @@ final class IndexMirrorTests: XCTestCase {
     /// (a file saved again unchanged afterwards is not sent; a file over 1 MiB in such a
     /// batch is hashed in the background; a restart sends nothing).
     func testBurstHashedByTheLocalCopier() throws {
-        let work = Harness.tempDirectory("copier-burst")
-        defer { Harness.removeTree(work) }
-        let src = work + "/source", dst = work + "/backup"
-        mkdir(src, 0o755)
+        let (work, src, dst) = workspace("copier-burst")
         var daemon = try DaemonProcess(arguments: [src, dst, "-v", "--max-processes", "1"], workDir: work)
         daemon.waitCaughtUp()
         let staging = work + "/staging"
@@ -157,10 +163,7 @@ final class IndexMirrorTests: XCTestCase {
     /// fansync was stopped (new, changed, touched, moved, deleted) reach the backup, and a
     /// move is a rename there.
     func testRestartSendsOnlyWhatDiffers() throws {
-        let work = Harness.tempDirectory("restart")
-        defer { Harness.removeTree(work) }
-        let src = work + "/source", dst = work + "/backup"
-        mkdir(src, 0o755)
+        let (work, src, dst) = workspace("restart")
         for d in 0..<10 {
             mkdirs(src, "d\(d)")
             for f in 0..<30 { writeFile(src, "d\(d)/f\(f).txt", "file \(d) \(f)\n") }
@@ -203,10 +206,7 @@ final class IndexMirrorTests: XCTestCase {
     /// kill -9 during a 5,000-file burst, then a restart: the backup converges, and what
     /// was acknowledged before the kill is not sent again.
     func testKillNineDuringBurstThenRestart() throws {
-        let work = Harness.tempDirectory("kill9")
-        defer { Harness.removeTree(work) }
-        let src = work + "/source", dst = work + "/backup"
-        mkdir(src, 0o755)
+        let (work, src, dst) = workspace("kill9")
         writeFile(src, "before.txt", "before\n")
         var daemon = try DaemonProcess(arguments: [src, dst], workDir: work)
         daemon.waitCaughtUp()
@@ -249,10 +249,7 @@ final class IndexMirrorTests: XCTestCase {
     /// A batch deleting most of the backup waits for `fansync confirm-deletes`; the
     /// backup keeps everything until then.
     func testMassDeleteWaitsForConfirmation() throws {
-        let work = Harness.tempDirectory("massdel")
-        defer { Harness.removeTree(work) }
-        let src = work + "/source", dst = work + "/backup"
-        mkdir(src, 0o755)
+        let (work, src, dst) = workspace("massdel")
         for i in 0..<300 { mkdirs(src, "data"); writeFile(src, "data/f\(i)", "data \(i)\n") }
         writeFile(src, "keep.txt", "keep\n")
         let daemon = try DaemonProcess(arguments: [src, dst], workDir: work)
@@ -292,10 +289,7 @@ final class IndexMirrorTests: XCTestCase {
 
     /// A damaged index is moved aside and rebuilt from a full sync, with a log line.
     func testDamagedIndexIsRebuiltFromAFullSync() throws {
-        let work = Harness.tempDirectory("damaged")
-        defer { Harness.removeTree(work) }
-        let src = work + "/source", dst = work + "/backup"
-        mkdir(src, 0o755)
+        let (work, src, dst) = workspace("damaged")
         writeFile(src, "a.txt", "a\n")
         var daemon = try DaemonProcess(arguments: [src, dst], workDir: work)
         daemon.waitCaughtUp()

@@ -79,12 +79,6 @@ public enum ConfirmDeletesCommand {
     static func subdirectories(_ dir: [UInt8]) -> [[UInt8]] {
         guard let d = withCPath(dir, { opendir($0) }) else { return [] }
         defer { closedir(d) }
-        var out: [[UInt8]] = []
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
-            if name == [0x2E] || name == [0x2E, 0x2E] { continue }
-            out.append(dir + [UInt8(ascii: "/")] + name)
-        }
-        return out.sorted { $0.lexicographicallyPrecedes($1) }
+        return directoryNames(d).map { dir + [UInt8(ascii: "/")] + $0 }.sorted { $0.lexicographicallyPrecedes($1) }
     }
 }

@@ -187,7 +187,7 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    func statusJSON(stopped: Bool = false, statuses: [MirrorStatus]? = nil) -> JSON {
+    func statusJSON(stopped: Bool, statuses: [MirrorStatus]) -> JSON {
         .object([
             ("version", .string(fansyncVersion)),
             ("pid", .number(Double(getpid()))),
@@ -196,7 +196,7 @@ public final class Daemon: @unchecked Sendable {
             ("updated", .number((wallNow() * 1000).rounded() / 1000)),
             ("uptime_seconds", .number((wallNow() - startedAt).rounded())),
             ("status_interval", .number(settings.statusInterval)),
-            ("syncs", .array((statuses ?? mirrors.map { $0.status() }).map(\.json))),
+            ("syncs", .array(statuses.map(\.json))),
         ])
     }
 

@@ -160,23 +160,21 @@ public final class Mirror: @unchecked Sendable {
             state.update { $0.queue.add(events, now: monotonicNow()) }
         }
         if isStopping { return }
+        let fullSync = { [state] in state.update { $0.queue.addTree(.root, initial: true, now: monotonicNow()) } }
         if let failure = result.failure {
             log.error("\(config.name): the start from the index broke off (\(failure)): full sync instead")
-            state.update { $0.queue.addTree(.root, initial: true, now: monotonicNow()) }
-            return
+            return fullSync()
         }
         // Trust the index only if the backup still looks like what it describes.
         if let probe = transport.probeBackup(result.samples.map(\.path)),
            let why = index.backupMismatch(root: probe.root, sizes: probe.sizes, samples: result.samples) {
             log.warning("\(config.name): \(why): forgetting the index; full sync")
             index.forgetEverything(why)
-            state.update { $0.queue.addTree(.root, initial: true, now: monotonicNow()) }
-            return
+            return fullSync()
         }
         if result.tooMany {
             log.info("\(config.name): more than \(result.changes) paths differ from the index: full sync instead")
-            state.update { $0.queue.addTree(.root, initial: true, now: monotonicNow()) }
-            return
+            return fullSync()
         }
         state.update {
             $0.initialSyncDone = true

@@ -302,17 +302,13 @@ final class MirrorIndex: @unchecked Sendable {
     func commit(_ plan: BatchPlan, deletes: Bool) {
         // Acknowledge a version only if the file is still that version: a write during the
         // transfer leaves it pending (its event follows, and dedup never skips it).
-        var acked: [IndexEntry] = []
-        var changed: [IndexEntry] = []
-        for (p, h) in plan.present {
-            let now = FileStat.of(joinPath(source, p))
-            let entry = IndexEntry(path: p, hashed: h, acked: now.map { $0.sameVersion(as: h.stat) } ?? false)
-            if entry.acked { acked.append(entry) } else { changed.append(entry) }
+        let entries = plan.present.map { p, h in
+            IndexEntry(path: p, hashed: h, acked: FileStat.of(joinPath(source, p)).map { $0.sameVersion(as: h.stat) } ?? false)
         }
         withIndex { index in
             if deletes { for p in plan.gone { try index.removeSubtree(p) } }
             for p in plan.replacedDirectories { try index.removeSubtree(p) }
-            try index.upsert(acked + changed)
+            try index.upsert(entries)
             try index.markUnacked(plan.unreadable)
         }
     }

@@ -348,11 +348,7 @@ final class LocalCopier: Sendable {
             Glibc.close(fd)
             return .failure(Errno(code: code))
         }
-        var names: [[UInt8]] = []
-        while let e = readdir(stream) {
-            let n = withUnsafeBytes(of: e.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
-            if n != [UInt8(ascii: ".")] && n != [UInt8(ascii: "."), UInt8(ascii: ".")] { names.append(n) }
-        }
+        let names = directoryNames(stream)
         var count = 0
         var failure: Errno? = nil
         for n in names {

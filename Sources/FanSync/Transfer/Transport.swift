@@ -357,14 +357,7 @@ public final class Transport: Sendable {
                 pid = 0
             }
         }
-        if let d = opendir(controlDirectory) {
-            while let e = readdir(d) {
-                let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-                if name != "." && name != ".." { unlink(controlDirectory + "/" + name) }
-            }
-            closedir(d)
-        }
-        rmdir(controlDirectory)
+        _ = LocalCopier.removeTree(Array(controlDirectory.utf8), in: AT_FDCWD)
     }
 }
 

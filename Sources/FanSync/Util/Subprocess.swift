@@ -137,6 +137,16 @@ func withCPath<R>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) throws -> R) 
     }
 }
 
+/// The names in an open directory stream, without "." and "..".
+func directoryNames(_ stream: OpaquePointer) -> [[UInt8]] {
+    var names: [[UInt8]] = []
+    while let e = readdir(stream) {
+        let name = withUnsafeBytes(of: e.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
+        if name != [UInt8(ascii: ".")] && name != [UInt8(ascii: "."), UInt8(ascii: ".")] { names.append(name) }
+    }
+    return names
+}
+
 /// The current monotonic time in seconds.
 public func monotonicNow() -> Double {
     var ts = timespec()
