@@ -307,10 +307,7 @@ final class IndexMirrorTests: XCTestCase {
 
     /// Two daemons cannot share one state directory.
     func testStateDirectoryIsLocked() throws {
-        let work = Harness.tempDirectory("lock")
-        defer { Harness.removeTree(work) }
-        let src = work + "/source"
-        mkdir(src, 0o755)
+        let (work, src, _) = workspace("lock")
         let first = try DaemonProcess(arguments: [src, work + "/b1"], workDir: work)
         defer { first.stop() }
         first.waitCaughtUp()
