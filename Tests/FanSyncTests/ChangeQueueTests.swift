@@ -261,6 +261,75 @@ final class ChangeQueueTests: XCTestCase {
         XCTAssertEqual(q3.next(now: 0.26, idle: 1).count, 1)
     }
 
+    /// A worker waits until `nextWakeup`: a time already past while nothing can go would
+    /// have it ask again and again (a spin) for as long as a transfer runs.
+    func testNoWakeupInThePastWhileNothingCanGo() {
+        // Changes queued during the initial sync wait for its end, not for a clock.
+        var q = ChangeQueue()
+        q.addTree(.root, initial: true, now: 0)
+        let tree = q.next(now: 0, idle: 2)
+        q.add([written(a), written(b)], now: 1)
+        XCTAssertEqual(q.next(now: 2, idle: 1), [])
+        XCTAssertNil(q.nextWakeup(now: 2))
+        q.succeeded(tree[0])
+        XCTAssertEqual(q.next(now: 3, idle: 2).map(\.job), [syncs(a, b)])
+
+        // A path changed again while it is being sent waits for that transfer to end.
+        var q2 = ChangeQueue()
+        q2.add([written(a)], now: 0)
+        let first = q2.next(now: 0, idle: 2)
+        q2.add([written(a)], now: 1)
+        XCTAssertEqual(q2.next(now: 2, idle: 1), [])
+        XCTAssertNil(q2.nextWakeup(now: 2))
+        q2.succeeded(first[0])
+        XCTAssertEqual(q2.next(now: 3, idle: 1).map(\.job), [syncs(a)])
+
+        // A rename waits for the batch before it; a retried one for its back-off.
+        var q3 = ChangeQueue()
+        q3.add([written(c)], now: 0)
+        let batch = q3.next(now: 0, idle: 2)
+        q3.add([renamed(a, b)], now: 1)
+        XCTAssertEqual(q3.next(now: 2, idle: 1), [])
+        XCTAssertNil(q3.nextWakeup(now: 2))
+        q3.succeeded(batch[0])
+        let rename = q3.next(now: 3, idle: 1)
+        XCTAssertEqual(rename.map(\.job), [.rename(from: a, to: b, isDirectory: false)])
+        q3.failed(rename[0], retryAt: 8)
+        XCTAssertEqual(q3.next(now: 4, idle: 1), [])
+        XCTAssertEqual(q3.nextWakeup(now: 4), 8)
+        XCTAssertEqual(q3.next(now: 8, idle: 1).map(\.job), [.rename(from: a, to: b, isDirectory: false)])
+    }
+
+    /// With a delay, changes arriving one by one go together when the first one's delay
+    /// ends, every one of them, and a reload's new delay applies to what is queued.
+    func testDelayedBurstGoesWhenTheFirstChangeIsDue() {
+        var p = ChangeQueue.Policy()
+        p.delay = 10
+        var q = ChangeQueue(policy: p)
+        let paths = (0..<5_000).map { SyncPath("d/f\($0)") }
+        for (i, path) in paths.enumerated() {
+            let now = Double(i) / 1_000
+            q.add([written(path)], now: now)
+            XCTAssertEqual(q.next(now: now, idle: 2), [])
+        }
+        XCTAssertEqual(q.nextWakeup(now: 5), 10)
+        XCTAssertEqual(q.next(now: 9.99, idle: 2), [])
+        let due = q.next(now: 10.5, idle: 1)
+        guard case .sync(let sent) = due.first?.job else { return XCTFail("\(due)") }
+        XCTAssertEqual(sent.count, 501, "what arrived by 0.5 s")
+        q.succeeded(due[0])
+        XCTAssertEqual(q.next(now: 10.5, idle: 1), [])
+        XCTAssertEqual(q.nextWakeup(now: 10.5), 10.501)
+        q.policy.delay = 0
+        var all = sent
+        while case let tickets = q.next(now: 10.5, idle: 1), let t = tickets.first {
+            guard case .sync(let more) = t.job else { return XCTFail("\(t.job)") }
+            all += more
+            q.succeeded(t)
+        }
+        XCTAssertTrue(all.count == paths.count && Set(all) == Set(paths), "\(all.count) sent of \(paths.count)")
+    }
+
     func testSamePathIsNeverInTwoBatches() {
         var q = ChangeQueue()
         q.add([written(a)], now: 0)

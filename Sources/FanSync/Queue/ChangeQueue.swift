@@ -75,9 +75,21 @@ public struct ChangeQueue: Sendable {
         public init() {}
     }
 
-    public var policy: Policy
+    public var policy: Policy {
+        didSet { dueBound = -.infinity }
+    }
     private var entries: [SyncPath: Entry] = [:]
+    /// Each segment's paths in arrival order (slots of entries since removed or moved to
+    /// another segment are skipped when seen).
     private var segmentPaths: [Int: [SyncPath]] = [:]
+    /// How many entries each segment holds (segments with none are absent).
+    private var liveCount: [Int: Int] = [:]
+    /// No entry may go before this time: a lower bound, exact after `next` looked at every
+    /// entry that may go. Entries whose path is being sent, or queued behind a barrier,
+    /// count again once that transfer ends (`finish` lowers it). It spares `next` and
+    /// `nextWakeup` a look at every entry while nothing is due (a burst arriving during
+    /// lsyncd's `delay`, events during the initial sync).
+    private var dueBound = Double.infinity
     private var barriers: [PendingBarrier] = []
     private var currentSegment = 0
     private var inFlightPaths: [SyncPath: Int] = [:]
@@ -170,7 +182,7 @@ public struct ChangeQueue: Sendable {
     private mutating func touch(_ path: SyncPath, created: Bool, readyAt: Double, now: Double) {
         if var e = entries[path] {
             e.readyAt = min(e.readyAt, readyAt)
-            entries[path] = e
+            update(path, e)
             return
         }
         let existedBefore = !created || inFlightPaths[path] != nil || coveredByTree(path)
@@ -179,12 +191,38 @@ public struct ChangeQueue: Sendable {
 
     private mutating func insert(_ path: SyncPath, _ entry: Entry) {
         if entries.isEmpty { pendingSince = entry.firstSeen }
-        entries[path] = entry
+        if let old = entries.updateValue(entry, forKey: path) { uncount(old.segment) }
+        liveCount[entry.segment, default: 0] += 1
         segmentPaths[entry.segment, default: []].append(path)
+        dueBound = min(dueBound, dueTime(entry))
     }
 
-    private mutating func remove(_ path: SyncPath) {
-        entries[path] = nil   // its slot in segmentPaths is skipped when seen
+    /// `path`'s entry changed, in the same segment.
+    private mutating func update(_ path: SyncPath, _ entry: Entry) {
+        entries[path] = entry
+        dueBound = min(dueBound, dueTime(entry))
+    }
+
+    @discardableResult
+    private mutating func remove(_ path: SyncPath) -> Entry? {
+        // Its slot in segmentPaths is skipped when seen.
+        guard let e = entries.removeValue(forKey: path) else { return nil }
+        uncount(e.segment)
+        return e
+    }
+
+    private mutating func uncount(_ segment: Int) {
+        if let n = liveCount[segment], n > 1 { liveCount[segment] = n - 1 } else { liveCount[segment] = nil }
+    }
+
+    /// When `e` may go, unless `maxDelays` forces it out sooner.
+    private func dueTime(_ e: Entry) -> Double {
+        e.attempts == 0 ? max(e.readyAt, e.firstSeen + policy.delay) : e.readyAt
+    }
+
+    /// True when an entry waits in `segment` or before it.
+    private func entriesUpTo(_ segment: Int) -> Bool {
+        liveCount.keys.contains { $0 <= segment }
     }
 
     /// True when a pending or running tree sync covers `path` (it may send whatever is there).
@@ -252,8 +290,7 @@ public struct ChangeQueue: Sendable {
     }
 
     private func segmentIsEmpty(_ segment: Int) -> Bool {
-        guard let paths = segmentPaths[segment] else { return true }
-        return !paths.contains { entries[$0]?.segment == segment }
+        liveCount[segment] == nil
     }
 
     // MARK: Dispatching
@@ -264,35 +301,49 @@ public struct ChangeQueue: Sendable {
         if burstHoldUntil(now: now) != nil { return [] }
         defer { pendingSince = entries.isEmpty ? nil : now }
         let limit = barriers.first?.segment ?? Int.max
+        let force = policy.maxDelays > 0 && entries.count >= policy.maxDelays
+        if !force && now < dueBound {
+            // No entry is due: at most the first barrier goes, if nothing waits before it.
+            return barrierIfFree(now: now, limit: limit)
+        }
         var tickets: [Ticket] = []
         // Paths that may go: in a segment before the first barrier, ready, not being sent.
-        let force = policy.maxDelays > 0 && entries.count >= policy.maxDelays
         var ready: [SyncPath] = []
-        var blockedBeforeBarrier = false
+        // The earliest time a path looked at and kept may go (not counting paths being sent).
+        var kept = Double.infinity
+        var complete = true
         // Enough for every free worker: the rest is not looked at (a large backlog would
         // otherwise be scanned whole for each batch taken from it).
         let enough = idle * max(1, policy.maxBatch)
         for segment in segmentPaths.keys.sorted() where segment <= limit {
-            if ready.count >= enough { break }
+            if ready.count >= enough {
+                complete = false
+                break
+            }
             var keep: [SyncPath] = []
             let slots = segmentPaths[segment]!
             for (i, p) in slots.enumerated() {
                 if ready.count >= enough {
                     keep.append(contentsOf: slots[i...])
+                    complete = false
                     break
                 }
                 guard let e = entries[p], e.segment == segment else { continue }   // stale slot
-                let due = force ? (e.attempts == 0 || e.readyAt <= now) : e.readyAt <= now
-                let delayed = e.attempts == 0 ? (e.firstSeen + policy.delay > now && !force) : false
-                if due && !delayed && inFlightPaths[p] == nil {
+                let due = force ? (e.attempts == 0 || e.readyAt <= now) : dueTime(e) <= now
+                if inFlightPaths[p] != nil {
+                    keep.append(p)
+                } else if due {
                     ready.append(p)
                 } else {
                     keep.append(p)
-                    blockedBeforeBarrier = true
+                    kept = min(kept, dueTime(e))
                 }
             }
             segmentPaths[segment] = keep.isEmpty ? nil : keep
         }
+        // What a later call must look at again: everything, when this one stopped early or
+        // puts paths back.
+        dueBound = complete ? kept : -.infinity
         if !ready.isEmpty {
             // Split across free workers when each gets a worthwhile share (64 paths).
             let wanted = max(ready.count / 64, (ready.count + policy.maxBatch - 1) / policy.maxBatch, 1)
@@ -306,7 +357,7 @@ public struct ChangeQueue: Sendable {
                 var first = now
                 var segment = 0
                 for p in slice {
-                    let e = entries.removeValue(forKey: p)!
+                    let e = remove(p)!
                     first = min(first, e.firstSeen)
                     segment = max(segment, e.segment)
                     inFlightPaths[p, default: 0] += 1
@@ -316,11 +367,16 @@ public struct ChangeQueue: Sendable {
             // Paths that did not fit go back to their segment.
             if start < ready.count {
                 for p in ready[start...] { segmentPaths[entries[p]!.segment, default: []].append(p) }
+                dueBound = -.infinity
             }
             return tickets
         }
-        // Nothing left before the first barrier: it runs alone once the workers are done.
-        guard let head = barriers.first, !blockedBeforeBarrier, inFlight.isEmpty, head.notBefore <= now else { return [] }
+        return barrierIfFree(now: now, limit: limit)
+    }
+
+    /// The first barrier, when nothing waits before it and no transfer runs: it runs alone.
+    private mutating func barrierIfFree(now: Double, limit: Int) -> [Ticket] {
+        guard let head = barriers.first, inFlight.isEmpty, head.notBefore <= now, !entriesUpTo(limit) else { return [] }
         barriers.removeFirst()
         barrierInFlight = true
         switch head.barrier {
@@ -332,16 +388,18 @@ public struct ChangeQueue: Sendable {
         }
     }
 
-    /// The earliest time at which `next` may have something new to give without new events.
+    /// The earliest time at which `next` may have something new to give without new events
+    /// or a transfer ending (nil: only those). A time that has passed means "ask `next`
+    /// again"; once `next` has found nothing, never a time that has passed (a worker would
+    /// ask again and again for as long as a transfer runs).
     public func nextWakeup(now: Double) -> Double? {
+        if barrierInFlight { return nil }
         if let until = burstHoldUntil(now: now) { return until }
-        var wake: Double? = nil
-        func take(_ t: Double) { if wake == nil || t < wake! { wake = t } }
+        var wake: Double? = entries.isEmpty || dueBound == .infinity ? nil : dueBound
         let limit = barriers.first?.segment ?? Int.max
-        for e in entries.values where e.segment <= limit {
-            take(max(e.readyAt, e.attempts == 0 ? e.firstSeen + policy.delay : e.readyAt))
+        if let head = barriers.first, inFlight.isEmpty, !entriesUpTo(limit) {
+            wake = min(wake ?? head.notBefore, head.notBefore)
         }
-        if let head = barriers.first { take(head.notBefore) }
         return wake
     }
 
@@ -368,7 +426,7 @@ public struct ChangeQueue: Sendable {
                 if var e = entries[p] {
                     e.existedBefore = true
                     e.firstSeen = min(e.firstSeen, ticket.firstSeen)
-                    entries[p] = e
+                    update(p, e)
                 } else {
                     // Back where it came from: before any barrier queued since.
                     insert(p, Entry(existedBefore: true, firstSeen: ticket.firstSeen, readyAt: retryAt,
@@ -386,6 +444,8 @@ public struct ChangeQueue: Sendable {
 
     private mutating func finish(_ ticket: Ticket) {
         inFlight[ticket.id] = nil
+        // Paths queued again while this was sent, and those behind its barrier, may go now.
+        dueBound = -.infinity
         switch ticket.job {
         case .sync(let paths):
             for p in paths {
