@@ -461,6 +461,39 @@ final class FanotifyWatcherTests: XCTestCase {
         XCTAssertEqual(got, [SyncPath("zz-marker")], "\(events.all)")
     }
 
+    /// The daemon's own writes to a backup on the source's filesystem: while a directory of
+    /// the backup is quiet, what happens in it is not even queued; once resumed its events
+    /// come again, and a directory moved from the backup into the source after its batch is
+    /// watched like any other.
+    func testOwnWritesInAQuietDirectoryAreNotQueued() throws {
+        let w = try startWatcher()
+        guard let own = w.ownWrites else { return XCTFail("a started fanotify watcher offers ownWrites") }
+        let backup = b(base + "/backup")
+        FS.mkdir(backup)
+        let dir = FS.c(backup) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        XCTAssertGreaterThanOrEqual(dir, 0)
+        defer { close(dir) }
+        guard own.quiet(dir) else { throw XCTSkip("this kernel refuses FAN_MARK_IGNORE (before 6.0)") }
+        for i in 0..<200 { FS.write(backup + b("/f\(i)")) }
+        FS.mkdir(backup + b("/sub"))
+        FS.rename(backup + b("/f0"), backup + b("/renamed"))
+        sync("m1")
+        own.resume(dir)
+        FS.write(backup + b("/after"))
+        sync("m2")
+        FS.rename(backup, p("restored"))
+        FS.write(p("restored/new"))
+        XCTAssertTrue(events.wait { self.hasChange($0, SyncPath("restored/new")) }, "\(events.all)")
+        w.stop()
+        XCTAssertFalse(own.quiet(dir), "no mark once the watcher stopped")
+        // The watcher's statistics: "..., N outside the source, ...".
+        let line = logs.all.first { $0.contains(" outside the source") } ?? ""
+        let outsideCount = line.components(separatedBy: " outside the source").first?.split(separator: " ").last.flatMap { Int($0) }
+        guard let outsideCount else { return XCTFail("no statistics line: \(logs.all)") }
+        XCTAssertGreaterThan(outsideCount, 0, "the file written after resume is reported (and dropped)")
+        XCTAssertLessThan(outsideCount, 20, "the 200 files written while quiet are not: \(line)")
+    }
+
     func testFilterDropsEvents() throws {
         try startWatcher(filter: { path, _ in !path.bytes.starts(with: b("skip")) })
         FS.mkdir(p("skip"))

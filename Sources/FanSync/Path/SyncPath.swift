@@ -31,6 +31,13 @@ public struct SyncPath: Hashable, Sendable, Comparable, CustomStringConvertible 
 
     public var isRoot: Bool { bytes.isEmpty }
 
+    // The bytes in one piece (the synthesized hash feeds them to the hasher one at a time).
+    public func hash(into hasher: inout Hasher) {
+        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+
+    public static func == (a: SyncPath, b: SyncPath) -> Bool { a.bytes == b.bytes }
+
     public var components: [ArraySlice<UInt8>] {
         bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true)
     }

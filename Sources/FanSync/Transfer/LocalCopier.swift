@@ -107,7 +107,9 @@ final class LocalCopier: Sendable {
     /// one directory's paths together).
     /// `abandon` is asked between files and between chunks of a large one: when it says
     /// so the batch stops, its temporary file removed.
-    func sync(_ paths: [SyncPath], deletes: Bool, abandon: () -> Bool, record: Record? = nil) -> TransferOutcome {
+    /// `quiet`: keeps the batch's writes out of the watcher (see `OwnWrites`).
+    func sync(_ paths: [SyncPath], deletes: Bool, abandon: () -> Bool, record: Record? = nil,
+              quiet: OwnWrites? = nil) -> TransferOutcome {
         let sourceRoot = withCPath(source) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         if sourceRoot < 0 {
             return .failed("cannot open the source \(SyncPath.displayString(source)): \(String(cString: strerror(errno)))", targetUnreachable: false)
@@ -124,7 +126,8 @@ final class LocalCopier: Sendable {
         }
         defer { Glibc.close(targetRoot) }
         let sources = DirectoryCache(root: sourceRoot)
-        let targets = DirectoryCache(root: targetRoot)
+        let targets = DirectoryCache(root: targetRoot, quiet: quiet)
+        defer { targets.close() }   // before the root's descriptor
         var batch = Batch()
         for p in paths.sorted() {
             if abandon() { return .failed("stopped before the batch was complete", targetUnreachable: false) }
@@ -179,7 +182,7 @@ final class LocalCopier: Sendable {
         case S_IFDIR:
             makeDirectory(p, in: dstDir, deletes: deletes, &batch)
         case S_IFREG:
-            return copyFile(p, in: srcDir, to: dstDir, deletes: deletes, &batch, abandon: abandon, record: record)
+            return copyFile(p, in: srcDir, to: dstDir, of: targets, deletes: deletes, &batch, abandon: abandon, record: record)
         case S_IFLNK:
             copySymlink(p, st, in: srcDir, to: dstDir, deletes: deletes, &batch, record: record)
             return
@@ -203,7 +206,7 @@ final class LocalCopier: Sendable {
     }
 
     /// `fromName`: the name in `srcDir` when it is not `p`'s own (a copy inside the backup).
-    private func copyFile(_ p: SyncPath, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, deletes: Bool,
+    private func copyFile(_ p: SyncPath, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, of targets: DirectoryCache, deletes: Bool,
                           _ batch: inout Batch, abandon: () -> Bool, record: Record?) {
         let name = p.name
         let sourceName = fromName ?? name
@@ -240,13 +243,16 @@ final class LocalCopier: Sendable {
         var failure: (String, Int32)? = nil
         let hasher = record.flatMap { st.st_size <= Record.hashedCopyLimit ? $0.hasher : nil }
         hasher?.reset()
-        switch Self.copyContent(from: src, to: dst, copied: &copied, hasher: hasher, buffer: batch.buffer, abandon: abandon) {
+        switch Self.copyContent(from: src, to: dst, size: Int64(st.st_size), copied: &copied, hasher: hasher, buffer: batch.buffer, abandon: abandon) {
         case .done: break
         case .abandoned: failure = ("stopped while copying", ECANCELED)
         case .readError(let code): failure = ("cannot read", code)
         case .writeError(let code): failure = ("cannot write", code)
         }
-        if failure == nil { failure = applyOwnerModeTime(dst, st, chmod: !modeIsFinal).map { ("cannot set the attributes of", $0) } }
+        if failure == nil {
+            let chown = targets.newFileOwner(dstDir, dst).map { asRoot ? $0.uid != st.st_uid || $0.gid != st.st_gid : $0.gid != st.st_gid } ?? true
+            failure = applyOwnerModeTime(dst, st, chown: chown, chmod: !modeIsFinal).map { ("cannot set the attributes of", $0) }
+        }
         if Glibc.close(dst) != 0 && failure == nil { failure = ("cannot write", errno) }
         if failure == nil, !replace(temp, name, in: dstDir, existing: exists ? old : nil, deletes: deletes, p, &batch) {
             failure = ("", 0)
@@ -399,7 +405,7 @@ final class LocalCopier: Sendable {
             let b = dirs.open(to.parent, create: true)
             guard b >= 0 else { return false }
             switch st.st_mode & S_IFMT {
-            case S_IFREG: copyFile(to, fromName: from.name, in: a, to: b, deletes: false, &batch, abandon: { false }, record: nil)
+            case S_IFREG: copyFile(to, fromName: from.name, in: a, to: b, of: dirs, deletes: false, &batch, abandon: { false }, record: nil)
             case S_IFLNK: copySymlink(to, st, fromName: from.name, in: a, to: b, deletes: false, &batch, record: nil)
             default: return false
             }
@@ -419,13 +425,15 @@ final class LocalCopier: Sendable {
     // MARK: Helpers
 
     private static let serial = Atomic<UInt64>(0)
+    /// The process id, in the temporary names (read once: `getpid` is a system call).
+    private static let pidBits = UInt64(UInt32(bitPattern: getpid())) << 32
 
     /// Makes `.name.XXXXXX` in `dir` with `make` (which returns a negative value and errno on
     /// failure); returns its name and what `make` returned.
     private func createTemporary(for name: [UInt8], in dir: Int32, _ p: SyncPath, _ batch: inout Batch,
                                  _ make: (UnsafePointer<CChar>) -> Int32) -> ([UInt8], Int32)? {
         for _ in 0..<100 {
-            let n = Self.serial.wrappingAdd(1, ordering: .relaxed).newValue &+ UInt64(UInt32(bitPattern: getpid())) << 32
+            let n = Self.serial.wrappingAdd(1, ordering: .relaxed).newValue &+ Self.pidBits
             let temp = Self.temporaryName(for: name, suffix: n)
             let r = withCPath(temp) { make($0) }
             if r >= 0 { return (temp, r) }
@@ -448,28 +456,39 @@ final class LocalCopier: Sendable {
     }
 
     /// Renames the finished temporary over `name`; a directory standing there goes first
-    /// (rsync's `--force`, with deletes only). False when it did not happen (the error is
-    /// recorded).
+    /// (rsync's `--force`, with deletes only). `existing`: what stood at `name` when looked
+    /// at; a directory made there since shows as the rename's EISDIR. False when it did not
+    /// happen (the error is recorded).
     private func replace(_ temp: [UInt8], _ name: [UInt8], in dir: Int32, existing: stat?, deletes: Bool,
                          _ p: SyncPath, _ batch: inout Batch) -> Bool {
-        if let existing, (existing.st_mode & S_IFMT) == S_IFDIR {
-            guard deletes else { batch.fail("cannot replace the directory", p, EISDIR); return false }
-            switch Self.removeTree(name, in: dir) {
-            case .success(let n): batch.deleted += n
-            case .failure(let e): batch.fail("cannot replace the directory", p, e.code); return false
+        func rename() -> Int32 {
+            withCPath(temp) { a in withCPath(name) { b in renameat(dir, a, dir, b) == 0 ? 0 : errno } }
+        }
+        if !(existing.map { ($0.st_mode & S_IFMT) == S_IFDIR } ?? false) {
+            let e = rename()
+            if e == 0 { return true }
+            var st = stat()
+            guard e == EISDIR, withCPath(name, { fstatat(dir, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
+                batch.fail("cannot rename into place", p, e)
+                return false
             }
         }
-        let r = withCPath(temp) { a in withCPath(name) { b in renameat(dir, a, dir, b) } }
-        if r != 0 { batch.fail("cannot rename into place", p, errno); return false }
+        guard deletes else { batch.fail("cannot replace the directory", p, EISDIR); return false }
+        switch Self.removeTree(name, in: dir) {
+        case .success(let n): batch.deleted += n
+        case .failure(let e): batch.fail("cannot replace the directory", p, e.code); return false
+        }
+        let e = rename()
+        if e != 0 { batch.fail("cannot rename into place", p, e); return false }
         return true
     }
 
     /// Owner (as root; the group alone otherwise, where allowed), then mode (a chown clears
     /// set-id bits), then mtime, on an open file. Nil or the errno that failed.
-    private func applyOwnerModeTime(_ fd: Int32, _ st: stat, chmod: Bool) -> Int32? {
-        if asRoot {
+    private func applyOwnerModeTime(_ fd: Int32, _ st: stat, chown: Bool, chmod: Bool) -> Int32? {
+        if chown && asRoot {
             if fchown(fd, st.st_uid, st.st_gid) != 0 { return errno }
-        } else {
+        } else if chown {
             _ = fchown(fd, uid_t.max, st.st_gid)
         }
         if chmod && fchmod(fd, st.st_mode & 0o7777) != 0 { return errno }
@@ -532,17 +551,19 @@ final class LocalCopier: Sendable {
 
     enum CopyResult: Equatable { case done, abandoned, readError(Int32), writeError(Int32) }
 
-    /// Copies from `src` to `dst` (both at offset 0) until the end of `src`: with
+    /// Copies `size` bytes (the size `src` had when it was looked at, as rsync sends) from
+    /// `src` to `dst`, both at offset 0, or less if `src` ends sooner: with
     /// `copy_file_range`, or read/write where the kernel cannot (another filesystem type).
-    static func copyContent(from src: Int32, to dst: Int32, copied: inout Int64, hasher: ContentHasher? = nil,
+    static func copyContent(from src: Int32, to dst: Int32, size: Int64, copied: inout Int64, hasher: ContentHasher? = nil,
                             buffer: CopyBuffer, abandon: () -> Bool) -> CopyResult {
-        let chunk = 8 << 20
+        let chunk: Int64 = 8 << 20
         // Hashed on the way: through a buffer, where the kernel's copy would skip it.
         var kernelCopy = hasher == nil
-        while true {
+        while copied < size {
             if copied > 0, abandon() { return .abandoned }
+            let want = Int(min(chunk, size - copied))
             if kernelCopy {
-                let n = clinux_copy_file_range(src, dst, chunk)
+                let n = clinux_copy_file_range(src, dst, want)
                 if n > 0 { copied += Int64(n); continue }
                 if n == 0 { return .done }
                 if errno == EINTR { continue }
@@ -553,7 +574,7 @@ final class LocalCopier: Sendable {
                 continue
             }
             let base = buffer.pointer
-            let n = read(src, base, CopyBuffer.size)
+            let n = read(src, base, min(want, CopyBuffer.size))
             if n == 0 { return .done }
             if n < 0 { if errno == EINTR { continue }; return .readError(errno) }
             hasher?.update(UnsafeRawBufferPointer(start: base, count: n))
@@ -565,6 +586,7 @@ final class LocalCopier: Sendable {
             }
             copied += Int64(n)
         }
+        return .done
     }
 
     /// A symlink's target, or nil with errno.
@@ -598,21 +620,52 @@ final class CopyBuffer {
 /// few stay open (a sorted batch visits one directory after another).
 private final class DirectoryCache {
     let root: Int32
+    /// Ignore marks on the directories while they are open here (a backup's, see `OwnWrites`).
+    private let quiet: OwnWrites?
     private var open: [SyncPath: Int32] = [:]
     private var order: [SyncPath] = []
     /// The errno of the last failed `open`.
     private(set) var lastError: Int32 = 0
+    /// The owner and group a file made in an open directory gets (the process's, or the
+    /// directory's group where it is set-group-ID or the mount says so), learnt from the
+    /// first file made there.
+    private var newFileOwners: [Int32: (uid: uid_t, gid: gid_t)] = [:]
     private static let capacity = 8
     /// Mode of the directories `open(_:create:)` makes (0700 in a batch: their attributes
     /// are set from the source at its end).
     private let newDirectoryMode: mode_t
 
-    init(root: Int32, newDirectoryMode: mode_t = 0o700) {
+    init(root: Int32, newDirectoryMode: mode_t = 0o700, quiet: OwnWrites? = nil) {
         self.root = root
         self.newDirectoryMode = newDirectoryMode
+        self.quiet = quiet
+        quiet?.quiet(root)
     }
 
-    deinit { for fd in open.values { Glibc.close(fd) } }
+    /// Closes what is open (not the root) and lifts the ignore marks.
+    func close() {
+        for fd in open.values { release(fd) }
+        open.removeAll()
+        order.removeAll()
+        quiet?.resume(root)
+    }
+
+    deinit { for fd in open.values { release(fd) } }
+
+    /// The owner `file`, just made in `dir`, was given; nil when unknown.
+    func newFileOwner(_ dir: Int32, _ file: Int32) -> (uid: uid_t, gid: gid_t)? {
+        if let known = newFileOwners[dir] { return known }
+        var st = stat()
+        guard fstat(file, &st) == 0 else { return nil }
+        newFileOwners[dir] = (st.st_uid, st.st_gid)
+        return (st.st_uid, st.st_gid)
+    }
+
+    private func release(_ fd: Int32) {
+        newFileOwners[fd] = nil
+        quiet?.resume(fd)
+        Glibc.close(fd)
+    }
 
     /// The directory's descriptor, or -1 (`lastError` says why). With `create`, missing
     /// directories are made (mode 0700 until their attributes are set), and whatever
@@ -629,8 +682,9 @@ private final class DirectoryCache {
         }
         if order.count >= Self.capacity {
             let old = order.removeFirst()
-            if let f = open.removeValue(forKey: old) { Glibc.close(f) }
+            if let f = open.removeValue(forKey: old) { release(f) }
         }
+        quiet?.quiet(fd)
         open[dir] = fd
         order.append(dir)
         return fd

@@ -209,12 +209,12 @@ public final class Transport: Sendable {
     /// daemon is stopping and its grace period is over).
     /// `record`: what the copier made, for the index (local copies only).
     func sync(_ paths: [SyncPath], deletes: Bool, onStart: ((pid_t) -> Void)? = nil,
-              abandon: () -> Bool = { false }, record: LocalCopier.Record? = nil) -> TransferOutcome {
+              abandon: () -> Bool = { false }, record: LocalCopier.Record? = nil, quiet: OwnWrites? = nil) -> TransferOutcome {
         if let copier {
             onStart?(0)
             // It handles what `prepared` does for rsync itself: a path gone or under a file
             // is deleted; the file that replaced a directory has its own event.
-            return copier.sync(paths, deletes: deletes, abandon: abandon, record: record)
+            return copier.sync(paths, deletes: deletes, abandon: abandon, record: record, quiet: quiet)
         }
         var list: [UInt8] = []
         for p in prepared(paths) {

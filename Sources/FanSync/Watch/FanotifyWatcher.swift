@@ -35,6 +35,7 @@ public final class FanotifyWatcher: WatchBackend {
         var thread: pthread_t? = nil
         var wake: WakeDescriptor? = nil
         var usesRename = false
+        var ownWrites: OwnWrites? = nil
     }
 
     /// - Parameters:
@@ -72,6 +73,12 @@ public final class FanotifyWatcher: WatchBackend {
         state.withLock { $0.usesRename }
     }
 
+    /// Ignore marks for the directories a batch writes into on a backup (see `OwnWrites`);
+    /// nil until started.
+    public var ownWrites: OwnWrites? {
+        state.withLock { $0.ownWrites }
+    }
+
     public func start(deliver: @escaping @Sendable ([WatchEvent]) -> Void) throws {
         let already = state.withLock { s -> Bool in
             if s.started { return true }
@@ -100,6 +107,7 @@ public final class FanotifyWatcher: WatchBackend {
         // Read what the caller may ask about before the thread owns the reader.
         let usesRename = reader.usesRename
         let lines = reader.descriptions
+        let ownWrites = OwnWrites(duplicating: reader.fanFD)
         let box = ThreadBody(reader: reader, wake: wake, stop: stopSignal, deliver: deliver)
         let context = Unmanaged.passRetained(box).toOpaque()
         var thread = pthread_t()
@@ -109,6 +117,7 @@ public final class FanotifyWatcher: WatchBackend {
             return nil
         }, context)
         if rc != 0 {
+            ownWrites.close()
             Unmanaged<ThreadBody>.fromOpaque(context).release()
             state.withLock { $0.started = false }
             throw FanotifyError("cannot start the fanotify thread", errno: rc)
@@ -117,12 +126,14 @@ public final class FanotifyWatcher: WatchBackend {
             $0.thread = thread
             $0.wake = wake
             $0.usesRename = usesRename
+            $0.ownWrites = ownWrites
         }
         for line in lines { log("fanotify: watching \(line)") }
     }
 
     public func stop() {
         let taken = state.withLock { s -> (pthread_t, WakeDescriptor)? in
+            s.ownWrites?.close()
             guard let t = s.thread, let w = s.wake else { return nil }
             s.thread = nil
             s.wake = nil

@@ -29,4 +29,11 @@ public protocol WatchBackend: AnyObject, Sendable {
     func start(deliver: @escaping @Sendable ([WatchEvent]) -> Void) throws
     /// Stops the thread and closes descriptors; no delivery happens after it returns.
     func stop()
+    /// How a writer keeps its own writes out of this watcher (nil when it cannot, or
+    /// need not: inotify watches only the source's directories).
+    var ownWrites: OwnWrites? { get }
+}
+
+extension WatchBackend {
+    public var ownWrites: OwnWrites? { nil }
 }
