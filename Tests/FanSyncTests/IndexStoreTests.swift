@@ -30,18 +30,35 @@ final class IndexStoreTests: XCTestCase {
         entry(Array(path.utf8), size: size, hash: hash, kind: kind, acked: acked)
     }
 
-    func testFreshIndexHasSchemaV1AndSettings() throws {
+    func testFreshIndexHasTheCurrentSchemaAndSettings() throws {
         let index = try Index(file: file)
         XCTAssertNil(index.recovery)
-        XCTAssertEqual(try index.schemaVersionOnDisk(), 1)
+        XCTAssertEqual(try index.schemaVersionOnDisk(), Index.schemaVersion)
         XCTAssertEqual(try index.count(), 0)
         // journal mode and user_version are visible to any SQLite client.
         var db: OpaquePointer?
         XCTAssertEqual(sqlite3_open(file, &db), SQLITE_OK)
         defer { sqlite3_close(db) }
         XCTAssertEqual(scalar(db, "PRAGMA journal_mode"), "wal")
-        XCTAssertEqual(scalar(db, "PRAGMA user_version"), "1")
+        XCTAssertEqual(scalar(db, "PRAGMA user_version"), "\(Index.schemaVersion)")
         XCTAssertEqual(scalar(db, "SELECT count(*) FROM sqlite_master WHERE name = 'entries_by_hash'"), "1")
+        // The background hashing's search goes through its partial index, not every row.
+        XCTAssertTrue(scalar(db, "EXPLAIN QUERY PLAN SELECT path FROM entries WHERE path > x'' AND whole_hash IS NULL AND type IN (1, 3) AND acked = 1 ORDER BY path LIMIT 256", column: 3)?.contains("entries_unhashed") == true)
+    }
+
+    /// An index made by the first schema (version 1, before `entries_unhashed`) is migrated
+    /// in place: rows kept, the new index made.
+    func testMigratesVersionOneFile() throws {
+        var db: OpaquePointer?
+        XCTAssertEqual(sqlite3_open(file, &db), SQLITE_OK)
+        XCTAssertEqual(sqlite3_exec(db, Index.migrations[0] + "INSERT INTO entries (path, type, size, mtime_ns, ino, dev, mode, acked) VALUES (x'61', 1, 3, 0, 1, 1, 420, 1); PRAGMA user_version=1;", nil, nil, nil), SQLITE_OK)
+        sqlite3_close(db)
+        let index = try Index(file: file)
+        XCTAssertEqual(try index.schemaVersionOnDisk(), Index.schemaVersion)
+        XCTAssertEqual(try index.unhashed().map(\.path), [SyncPath("a")])
+        XCTAssertEqual(sqlite3_open(file, &db), SQLITE_OK)
+        defer { sqlite3_close(db) }
+        XCTAssertEqual(scalar(db, "SELECT count(*) FROM sqlite_master WHERE name = 'entries_unhashed'"), "1")
     }
 
     func testMigratesVersionZeroFileAndRefusesNewerSchema() throws {
@@ -52,7 +69,7 @@ final class IndexStoreTests: XCTestCase {
         sqlite3_close(db)
         do {
             let index = try Index(file: file)
-            XCTAssertEqual(try index.schemaVersionOnDisk(), 1)
+            XCTAssertEqual(try index.schemaVersionOnDisk(), Index.schemaVersion)
             try index.upsert([entry("a")])
             XCTAssertEqual(try index.count(), 1)
         }
@@ -63,7 +80,7 @@ final class IndexStoreTests: XCTestCase {
         XCTAssertEqual(sqlite3_exec(db, "PRAGMA user_version=7", nil, nil, nil), SQLITE_OK)
         sqlite3_close(db)
         XCTAssertThrowsError(try Index(file: file)) { error in
-            guard case Index.OpenError.newerSchema(_, 7, 1) = error else { return XCTFail("\(error)") }
+            guard case Index.OpenError.newerSchema(_, 7, Index.schemaVersion) = error else { return XCTFail("\(error)") }
             XCTAssertTrue("\(error)".contains("version 7"))
         }
     }
@@ -241,11 +258,11 @@ final class IndexStoreTests: XCTestCase {
         }
     }
 
-    private func scalar(_ db: OpaquePointer?, _ sql: String) -> String? {
+    private func scalar(_ db: OpaquePointer?, _ sql: String, column: Int32 = 0) -> String? {
         var stmt: OpaquePointer?
         guard sqlite3_prepare_v2(db, sql, -1, &stmt, nil) == SQLITE_OK else { return nil }
         defer { sqlite3_finalize(stmt) }
-        guard sqlite3_step(stmt) == SQLITE_ROW, let t = sqlite3_column_text(stmt, 0) else { return nil }
+        guard sqlite3_step(stmt) == SQLITE_ROW, let t = sqlite3_column_text(stmt, column) else { return nil }
         return String(cString: t)
     }
 }

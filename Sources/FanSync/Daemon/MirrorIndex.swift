@@ -377,8 +377,11 @@ final class MirrorIndex: @unchecked Sendable {
         // for that is not there); plain statx: on a warm tree io_uring's statx goes through
         // kernel workers and takes twice the wall time here (Perf/hash/README.md).
         let filter: TreeWalker.DirectoryFilter = { dir, fd, entries in
+            // Each entry's name, as a slice of its path.
+            let nameStart = dir.isRoot ? 0 : dir.bytes.count + 1
             guard let verdicts = rules.decideEntries(of: dir, directoryFD: fd,
-                                                     entries: entries.map { ($0.path.name, $0.stat.kind == .directory) }) else { return [] }
+                                                     entries: entries.map { ($0.path.bytes[nameStart...], $0.stat.kind == .directory) }) else { return [] }
+            if !verdicts.contains(true) { return entries }
             var kept: [TreeEntry] = []
             kept.reserveCapacity(entries.count)
             for (e, excluded) in zip(entries, verdicts) where !excluded { kept.append(e) }

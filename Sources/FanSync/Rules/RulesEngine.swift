@@ -405,15 +405,20 @@ public final class RulesEngine: @unchecked Sendable {
     /// Decides the entries of one directory under a single lock: reads the directory's rules
     /// files through `directoryFD` (only those in `entries`), then returns, per entry, whether
     /// it is excluded. nil when `directory` itself turns out to be excluded.
-    func decideEntries(of directory: SyncPath, directoryFD: Int32, entries: [(name: [UInt8], isDirectory: Bool)]) -> [Bool]? {
+    func decideEntries(of directory: SyncPath, directoryFD: Int32, entries: [(name: ArraySlice<UInt8>, isDirectory: Bool)]) -> [Bool]? {
         var pending: [RulesWarning] = []
-        let present = Set(entries.lazy.map(\.name).filter { self.rulesFileNames.contains($0) })
+        var present = Set<[UInt8]>()
+        for entry in entries where rulesFileNames.contains(where: { $0.elementsEqual(entry.name) }) { present.insert(Array(entry.name)) }
         let result: [Bool]? = state.withLock { state in
             trimIfNeeded(&state)
             let primer = Primer(directoryFD: directoryFD, present: present)
             guard case .node(let node) = resolve(directory.bytes[...], state: &state, loadLastLists: true,
                                                  primer: primer, pending: &pending) else { return nil }
             let lists = node.lists!
+            if globals.patterns.isEmpty && lists.allSatisfy({ $0.patterns.isEmpty }) {
+                // No pattern applies here (no excludes, no rules file on the way): nothing to match.
+                return [Bool](repeating: false, count: entries.count)
+            }
             var out: [Bool] = []
             out.reserveCapacity(entries.count)
             var path = directory.bytes

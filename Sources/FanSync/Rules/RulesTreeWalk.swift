@@ -72,7 +72,7 @@ extension RulesEngine {
                 close(fd)
                 throw error
             }
-            let decisions = decideEntries(of: current, directoryFD: fd, entries: entries)
+            let decisions = decideEntries(of: current, directoryFD: fd, entries: entries.map { ($0.name[...], $0.isDirectory) })
             close(fd)
             guard let decisions else { continue }
             for (entry, excluded) in zip(entries, decisions) {
