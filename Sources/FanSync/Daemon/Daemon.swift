@@ -12,7 +12,10 @@ public final class Daemon: @unchecked Sendable {
     private(set) var mirrors: [Mirror] = []
     private let fatal = Monitor<String?>(nil)
     /// Set by a mirror when something worth reporting happened (a transfer ended).
-    private let dirty = Monitor<Bool>(false)
+    /// A mirror's state changed since the last status; `urgent`: one caught up after its
+    /// start (written at once, whatever the spacing).
+    private struct Dirty { var changed = false; var urgent = false }
+    private let dirty = Monitor(Dirty())
     private lazy var registry = WatcherRegistry(log: log)
     let startedAt = wallNow()
     /// The least time between two status writes that follow state changes (a transfer
@@ -40,9 +43,13 @@ public final class Daemon: @unchecked Sendable {
         let mirror = try Mirror(config: config, log: log, registry: registry, stateRoot: settings.stateDir,
                                 allowMassDelete: settings.allowMassDelete)
         mirror.onFatal = { [fatal] why in fatal.update { $0 = why } }
-        mirror.onStateChange = { [dirty] in
-            // The first change since the last status wakes the main loop.
-            let first = dirty.withLock { d -> Bool in defer { d = true }; return !d }
+        mirror.onStateChange = { [dirty] urgent in
+            // The first change since the last status wakes the main loop, and so does the
+            // first urgent one.
+            let first = dirty.withLock { d -> Bool in
+                defer { d.changed = true; d.urgent = d.urgent || urgent }
+                return !d.changed || (urgent && !d.urgent)
+            }
             if first { kill(getpid(), SIGUSR2) }
         }
         try mirror.start()
@@ -136,8 +143,9 @@ public final class Daemon: @unchecked Sendable {
         loop: while true {
             let now = monotonicNow()
             // Every statusInterval, and soon after each state change (see statusSpacing).
-            if now >= nextStatus || (dirty.withLock({ $0 }) && now >= lastStatus + spacing) {
-                dirty.withLock { $0 = false }
+            let d = dirty.withLock { $0 }
+            if now >= nextStatus || d.urgent || (d.changed && now >= lastStatus + spacing) {
+                dirty.withLock { $0 = Dirty() }
                 for m in mirrors { m.checkSourceRoot() }
                 writeStatus()
                 lastStatus = now
@@ -149,7 +157,8 @@ public final class Daemon: @unchecked Sendable {
                 break
             }
             // A change soon after the last status waits for the rest of the spacing.
-            let wait = dirty.withLock({ $0 }) ? max(0.001, lastStatus + spacing - monotonicNow()) : 0.1
+            let pending = dirty.withLock { $0 }
+            let wait = pending.urgent ? 0.001 : pending.changed ? max(0.001, lastStatus + spacing - monotonicNow()) : 0.1
             var timeout = timespec(tv_sec: 0, tv_nsec: Int(min(wait, 0.1) * 1e9))
             var info = siginfo_t()
             let sig = sigtimedwait(&set, &info, &timeout)

@@ -23,8 +23,10 @@ public final class Mirror: @unchecked Sendable {
     let state: Monitor<State>
     /// Called once when the mirror cannot go on (a changed host key): the daemon stops.
     var onFatal: (@Sendable (String) -> Void)?
-    /// Called after every transfer (the status file is rewritten soon after).
-    var onStateChange: (@Sendable () -> Void)?
+    /// Called after every transfer (the status file is rewritten soon after); `urgent` the
+    /// first time the mirror is caught up after its start (rewritten at once: what
+    /// `fansync status` and scripts waiting for the start look at).
+    var onStateChange: (@Sendable (_ urgent: Bool) -> Void)?
 
     /// What a reload may replace. Swapped only while no transfer runs.
     struct Parts {
@@ -60,6 +62,8 @@ public final class Mirror: @unchecked Sendable {
         var lastErrorTime: Double? = nil
         var fatal: String? = nil
         var initialSyncDone = false
+        /// The status was told when the mirror first caught up after its start.
+        var caughtUpAnnounced = false
         var sourceProblem: String? = nil
         /// Set when the index has paths without a content hash to fill.
         var fillRequested = false
@@ -180,7 +184,7 @@ public final class Mirror: @unchecked Sendable {
             $0.initialSyncDone = true
             $0.fillRequested = true
         }
-        onStateChange?()
+        stateChanged()
         log.info("\(config.name): start from the index: walked \(result.walked) paths in \(format3(monotonicNow() - began)) s; \(result.changes) changed, \(result.deletes) deleted\(result.held ? " (deletes held)" : "")")
     }
 
@@ -245,6 +249,7 @@ public final class Mirror: @unchecked Sendable {
             s.desiredWorkers = max(1, new.maxProcesses)
             if targetChanged {
                 s.initialSyncDone = false
+                s.caughtUpAnnounced = false
                 s.queue.addTree(.root, initial: true, now: now)
             } else if rulesChanged {
                 s.queue.addTree(.root, initial: false, now: now)
@@ -397,9 +402,18 @@ public final class Mirror: @unchecked Sendable {
                 s.running[ticket.id] = nil
                 record(outcome, of: ticket, started: started, now: now, in: &s)
             }
-            onStateChange?()
+            stateChanged()
         }
         state.update { $0.idle -= 1 }
+    }
+
+    private func stateChanged() {
+        let urgent = state.update { s -> Bool in
+            guard !s.caughtUpAnnounced, s.initialSyncDone, s.queue.isIdle else { return false }
+            s.caughtUpAnnounced = true
+            return true
+        }
+        onStateChange?(urgent)
     }
 
     private func onStart(_ ticket: ChangeQueue.Ticket) -> (pid_t) -> Void {
