@@ -51,6 +51,22 @@ final class ChangeQueueTests: XCTestCase {
         XCTAssertEqual(drain(&q), [syncs(b)])
     }
 
+    /// A delete waits `deleteHold` (a copy closed just before, from a move across
+    /// filesystems, is made on the backup from what the delete would remove); a change
+    /// arriving with it does not wait.
+    func testDeleteWaitsBriefly() {
+        var q = ChangeQueue()
+        q.add([removed(a)], now: 0)
+        XCTAssertEqual(q.next(now: 0.01, idle: 2), [])
+        XCTAssertEqual(q.nextWakeup(now: 0.01), q.policy.deleteHold)
+        q.add([written(b)], now: 0.02)
+        XCTAssertEqual(q.next(now: 0.02, idle: 1).map(\.job), [syncs(b)])
+        XCTAssertEqual(q.next(now: q.policy.deleteHold, idle: 1).map(\.job), [syncs(a)])
+        var q2 = ChangeQueue()
+        q2.add([removed(a), written(a)], now: 0)
+        XCTAssertEqual(q2.next(now: 0, idle: 1).map(\.job), [syncs(a)], "re-created: goes at once")
+    }
+
     func testDeleteThenCreateIsOneSync() {
         var q = ChangeQueue()
         q.add([removed(a), created(a)], now: 0)

@@ -72,6 +72,12 @@ public struct ChangeQueue: Sendable {
         /// in fewer, larger rsync runs; a lone change is never held. 0 turns it off.
         public var burstRate: Int = 50
         public var burstHold: Double = 0.25
+        /// A delete waits this long before it may go: a file moved across a filesystem
+        /// boundary arrives as a copy closed just before the original is deleted, and the
+        /// copy's batch makes it on the backup from the original's backup copy, which a
+        /// delete running at once on another worker would take away (it was then sent
+        /// again in full).
+        public var deleteHold: Double = 0.05
         public init() {}
     }
 
@@ -155,7 +161,7 @@ public struct ChangeQueue: Sendable {
                 // Created and deleted before anything sent it: nothing to do.
                 remove(path)
             } else {
-                touch(path, created: false, readyAt: now, now: now)
+                touch(path, created: false, readyAt: now + policy.deleteHold, now: now)
             }
         case .renamed(let from, let to, let isDirectory):
             rename(from: from, to: to, isDirectory: isDirectory, now: now)
