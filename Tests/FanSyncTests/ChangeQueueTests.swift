@@ -51,20 +51,30 @@ final class ChangeQueueTests: XCTestCase {
         XCTAssertEqual(drain(&q), [syncs(b)])
     }
 
-    /// A delete waits `deleteHold` (a copy closed just before, from a move across
-    /// filesystems, is made on the backup from what the delete would remove); a change
-    /// arriving with it does not wait.
-    func testDeleteWaitsBriefly() {
+    /// A delete seen while a batch is in flight waits `deleteHold` (a copy closed just
+    /// before, from a move across filesystems, is being made on the backup from what the
+    /// delete would remove); with nothing in flight, or found by a start, it goes at once.
+    func testDeleteWaitsBrieflyWhileABatchIsSent() {
         var q = ChangeQueue()
+        q.add([written(c)], now: 0)
+        let copy = q.next(now: 0, idle: 2)
         q.add([removed(a)], now: 0)
-        XCTAssertEqual(q.next(now: 0.01, idle: 2), [])
+        XCTAssertEqual(q.next(now: 0.01, idle: 1), [])
         XCTAssertEqual(q.nextWakeup(now: 0.01), q.policy.deleteHold)
         q.add([written(b)], now: 0.02)
         XCTAssertEqual(q.next(now: 0.02, idle: 1).map(\.job), [syncs(b)])
+        q.succeeded(copy[0])
         XCTAssertEqual(q.next(now: q.policy.deleteHold, idle: 1).map(\.job), [syncs(a)])
+        // Nothing in flight: a delete and a create arriving together go in one batch.
         var q2 = ChangeQueue()
-        q2.add([removed(a), written(a)], now: 0)
-        XCTAssertEqual(q2.next(now: 0, idle: 1).map(\.job), [syncs(a)], "re-created: goes at once")
+        q2.add([removed(a), created(b)], now: 0)
+        XCTAssertEqual(q2.next(now: 0, idle: 1).map(\.job), [syncs(a, b)])
+        // Found by a start: at once, whatever runs.
+        var q3 = ChangeQueue()
+        q3.add([written(c)], now: 0)
+        _ = q3.next(now: 0, idle: 2)
+        q3.add([removed(a)], now: 0, live: false)
+        XCTAssertEqual(q3.next(now: 0, idle: 1).map(\.job), [syncs(a)])
     }
 
     func testDeleteThenCreateIsOneSync() {

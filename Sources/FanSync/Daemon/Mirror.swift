@@ -161,7 +161,7 @@ public final class Mirror: @unchecked Sendable {
         let began = monotonicNow()
         let result = index.scan(rules: rules, deletes: config.delete.onStartup, started: walk, stop: { [self] in isStopping }) { [self] events in
             guard !events.isEmpty else { return }
-            state.update { $0.queue.add(events, now: monotonicNow()) }
+            state.update { $0.queue.add(events, now: monotonicNow(), live: false) }
         }
         if isStopping { return }
         let fullSync = { [state] in state.update { $0.queue.addTree(.root, initial: true, now: monotonicNow()) } }
@@ -439,7 +439,7 @@ public final class Mirror: @unchecked Sendable {
     func checkSourceRoot() {
         if let released = index?.takeConfirmation(), !released.isEmpty {
             let events = released.map { WatchEvent.removed($0, isDirectory: false) }
-            state.update { $0.queue.add(events, now: monotonicNow()) }
+            state.update { $0.queue.add(events, now: monotonicNow(), live: false) }
         }
         let problem = sourceRootProblem()
         let changed = state.update { s -> Bool in

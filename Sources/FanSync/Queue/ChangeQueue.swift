@@ -72,11 +72,13 @@ public struct ChangeQueue: Sendable {
         /// in fewer, larger rsync runs; a lone change is never held. 0 turns it off.
         public var burstRate: Int = 50
         public var burstHold: Double = 0.25
-        /// A delete waits this long before it may go: a file moved across a filesystem
-        /// boundary arrives as a copy closed just before the original is deleted, and the
-        /// copy's batch makes it on the backup from the original's backup copy, which a
-        /// delete running at once on another worker would take away (it was then sent
-        /// again in full).
+        /// A delete seen while a batch is being sent waits this long before it may go: a
+        /// file moved in across a filesystem boundary arrives as a copy closed just before
+        /// the original is deleted, and the copy's batch makes it on the backup from the
+        /// original's backup copy, which the delete running at once on another worker would
+        /// take away (the file was then sent again in full). With nothing in flight a delete
+        /// goes at once, with whatever arrived with it (a delete and a create of the same
+        /// content in one batch are a rename on the backup).
         public var deleteHold: Double = 0.05
         public init() {}
     }
@@ -132,14 +134,16 @@ public struct ChangeQueue: Sendable {
 
     // MARK: Adding
 
-    public mutating func add(_ events: [WatchEvent], now: Double) {
+    /// `live`: events the watcher saw as they happened; false for differences a start found
+    /// between the tree and the index (their deletes never wait: nothing is being moved).
+    public mutating func add(_ events: [WatchEvent], now: Double, live: Bool = true) {
         if now - windowStart > 0.05 {
             windowStart = now
             windowCount = 0
         }
         windowCount += events.count
         if windowCount >= policy.burstRate { burstSeenAt = now }
-        for event in events { add(event, now: now) }
+        for event in events { add(event, now: now, live: live) }
     }
 
     /// Until when queued paths wait for the rest of a burst (nil: they may go now).
@@ -150,7 +154,7 @@ public struct ChangeQueue: Sendable {
         return until > now ? until : nil
     }
 
-    public mutating func add(_ event: WatchEvent, now: Double) {
+    public mutating func add(_ event: WatchEvent, now: Double, live: Bool = true) {
         switch event {
         case .changed(let path, let isDirectory, let created, let closed):
             // A file written and still open waits for its close, at most openFileInterval.
@@ -161,7 +165,8 @@ public struct ChangeQueue: Sendable {
                 // Created and deleted before anything sent it: nothing to do.
                 remove(path)
             } else {
-                touch(path, created: false, readyAt: now + policy.deleteHold, now: now)
+                let hold = live && !inFlight.isEmpty ? policy.deleteHold : 0
+                touch(path, created: false, readyAt: now + hold, now: now)
             }
         case .renamed(let from, let to, let isDirectory):
             rename(from: from, to: to, isDirectory: isDirectory, now: now)
