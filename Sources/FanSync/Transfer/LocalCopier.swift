@@ -153,10 +153,8 @@ final class LocalCopier: Sendable {
         }
         let parent = p.parent
         let name = p.name
-        var st = stat()
         let srcDir = sources.open(parent)
-        let found = srcDir >= 0 && withCPath(name, { fstatat(srcDir, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0
-        if !found {
+        guard let st = srcDir >= 0 ? Self.lstatAt(srcDir, name) : nil else {
             let code = srcDir >= 0 ? errno : sources.lastError
             if code == ENOENT || code == ENOTDIR || code == ELOOP {
                 // Gone from the source (or under what is now a file or a symlink there).
@@ -196,9 +194,8 @@ final class LocalCopier: Sendable {
 
     private func makeDirectory(_ p: SyncPath, in dstDir: Int32, deletes: Bool, _ batch: inout Batch) {
         batch.directories.insert(p)
-        var old = stat()
         let name = p.name
-        if withCPath(name, { fstatat(dstDir, $0, &old, AT_SYMLINK_NOFOLLOW) }) == 0 {
+        if let old = Self.lstatAt(dstDir, name) {
             if (old.st_mode & S_IFMT) == S_IFDIR { return }
             if withCPath(name, { unlinkat(dstDir, $0, 0) }) != 0 { return batch.fail("cannot replace", p, errno) }
         }
@@ -223,9 +220,8 @@ final class LocalCopier: Sendable {
         defer { Glibc.close(src) }
         var st = stat()
         guard fstat(src, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { batch.raced = true; return }
-        var old = stat()
-        let exists = withCPath(name, { fstatat(dstDir, $0, &old, AT_SYMLINK_NOFOLLOW) }) == 0
-        if exists && (old.st_mode & S_IFMT) == S_IFREG && old.st_size == st.st_size
+        let old = Self.lstatAt(dstDir, name)
+        if let old, (old.st_mode & S_IFMT) == S_IFREG && old.st_size == st.st_size
             && old.st_mtim.tv_sec == st.st_mtim.tv_sec && old.st_mtim.tv_nsec == st.st_mtim.tv_nsec {
             // rsync's quick check: the same size and mtime is the same file.
             setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
@@ -254,7 +250,7 @@ final class LocalCopier: Sendable {
             failure = applyOwnerModeTime(dst, st, chown: chown, chmod: !modeIsFinal).map { ("cannot set the attributes of", $0) }
         }
         if Glibc.close(dst) != 0 && failure == nil { failure = ("cannot write", errno) }
-        if failure == nil, !replace(temp, name, in: dstDir, existing: exists ? old : nil, deletes: deletes, p, &batch) {
+        if failure == nil, !replace(temp, name, in: dstDir, existing: old, deletes: deletes, p, &batch) {
             failure = ("", 0)
         }
         if let failure {
@@ -287,31 +283,29 @@ final class LocalCopier: Sendable {
                 record.add(p, HashedEntry(stat: FileStat(stat: st), linkTarget: link, content: ContentHash.of(link)))
             }
         }
-        var old = stat()
-        let exists = withCPath(name, { fstatat(dstDir, $0, &old, AT_SYMLINK_NOFOLLOW) }) == 0
-        if exists && (old.st_mode & S_IFMT) == S_IFLNK && Self.readLink(dstDir, name) == link {
+        let old = Self.lstatAt(dstDir, name)
+        if let old, (old.st_mode & S_IFMT) == S_IFLNK && Self.readLink(dstDir, name) == link {
             setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
             return
         }
         guard let (temp, _) = createTemporary(for: name, in: dstDir, p, &batch, { tmp in
             withCPath(link) { symlinkat($0, dstDir, tmp) }
         }) else { return }
-        finishTemporary(temp, name, st, in: dstDir, existing: exists ? old : nil, deletes: deletes, p, &batch)
+        finishTemporary(temp, name, st, in: dstDir, existing: old, deletes: deletes, p, &batch)
     }
 
     /// Devices, fifos and sockets: made again with the source's type and device number.
     private func copySpecial(_ p: SyncPath, _ st: stat, to dstDir: Int32, deletes: Bool, _ batch: inout Batch) {
         let name = p.name
-        var old = stat()
-        let exists = withCPath(name, { fstatat(dstDir, $0, &old, AT_SYMLINK_NOFOLLOW) }) == 0
-        if exists && (old.st_mode & S_IFMT) == (st.st_mode & S_IFMT) && old.st_rdev == st.st_rdev {
+        let old = Self.lstatAt(dstDir, name)
+        if let old, (old.st_mode & S_IFMT) == (st.st_mode & S_IFMT) && old.st_rdev == st.st_rdev {
             setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
             return
         }
         guard let (temp, _) = createTemporary(for: name, in: dstDir, p, &batch, { tmp in
             mknodat(dstDir, tmp, (st.st_mode & S_IFMT) | 0o600, st.st_rdev)
         }) else { return }
-        finishTemporary(temp, name, st, in: dstDir, existing: exists ? old : nil, deletes: deletes, p, &batch)
+        finishTemporary(temp, name, st, in: dstDir, existing: old, deletes: deletes, p, &batch)
     }
 
     /// Owner, mode and mtime of a made symlink or special file, then the rename over `name`.
@@ -385,8 +379,7 @@ final class LocalCopier: Sendable {
     func renameInTarget(_ from: SyncPath, _ to: SyncPath) -> String? {
         inTarget { dirs -> String? in
             let a = dirs.open(from.parent)
-            var st = stat()
-            guard a >= 0, withCPath(from.name, { fstatat(a, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 else { return "not on the backup: \(from)" }
+            guard a >= 0, Self.lstatAt(a, from.name) != nil else { return "not on the backup: \(from)" }
             let b = dirs.open(to.parent, create: true)
             let r = b < 0 ? -1 : withCPath(from.name) { x in withCPath(to.name) { y in renameat(a, x, b, y) } }
             return r == 0 ? nil : "rename \(from) -> \(to) on the backup: \(String(cString: strerror(errno)))"
@@ -400,8 +393,7 @@ final class LocalCopier: Sendable {
         inTarget { dirs -> Bool in
             var batch = Batch()
             let a = dirs.open(from.parent)
-            var st = stat()
-            guard a >= 0, withCPath(from.name, { fstatat(a, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 else { return false }
+            guard a >= 0, let st = Self.lstatAt(a, from.name) else { return false }
             let b = dirs.open(to.parent, create: true)
             guard b >= 0 else { return false }
             switch st.st_mode & S_IFMT {
@@ -467,8 +459,7 @@ final class LocalCopier: Sendable {
         if !(existing.map { ($0.st_mode & S_IFMT) == S_IFDIR } ?? false) {
             let e = rename()
             if e == 0 { return true }
-            var st = stat()
-            guard e == EISDIR, withCPath(name, { fstatat(dir, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
+            guard e == EISDIR, let st = Self.lstatAt(dir, name), (st.st_mode & S_IFMT) == S_IFDIR else {
                 batch.fail("cannot rename into place", p, e)
                 return false
             }
@@ -529,8 +520,8 @@ final class LocalCopier: Sendable {
     private func setDirectoryAttributes(_ directories: Set<SyncPath>, _ sources: DirectoryCache, _ targets: DirectoryCache,
                                         _ batch: inout Batch) {
         for d in directories.sorted(by: { $0.components.count != $1.components.count ? $0.components.count > $1.components.count : $0 < $1 }) {
-            var st = stat(), old = stat()
             if d.isRoot {
+                var st = stat(), old = stat()
                 guard fstat(sources.root, &st) == 0, fstat(targets.root, &old) == 0 else { continue }
                 if asRoot, old.st_uid != st.st_uid || old.st_gid != st.st_gid { _ = fchown(targets.root, st.st_uid, st.st_gid) }
                 if old.st_mode & 0o7777 != st.st_mode & 0o7777 { _ = fchmod(targets.root, st.st_mode & 0o7777) }
@@ -542,8 +533,8 @@ final class LocalCopier: Sendable {
             let name = d.name
             let srcDir = sources.open(d.parent), dstDir = targets.open(d.parent, create: false)
             guard srcDir >= 0, dstDir >= 0,
-                  withCPath(name, { fstatat(srcDir, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0, (st.st_mode & S_IFMT) == S_IFDIR,
-                  withCPath(name, { fstatat(dstDir, $0, &old, AT_SYMLINK_NOFOLLOW) }) == 0, (old.st_mode & S_IFMT) == S_IFDIR
+                  let st = Self.lstatAt(srcDir, name), (st.st_mode & S_IFMT) == S_IFDIR,
+                  let old = Self.lstatAt(dstDir, name), (old.st_mode & S_IFMT) == S_IFDIR
             else { continue }   // changed since: its events follow
             setAttributes(of: name, in: dstDir, from: st, current: old, d, &batch)
         }
@@ -587,6 +578,13 @@ final class LocalCopier: Sendable {
             copied += Int64(n)
         }
         return .done
+    }
+
+    /// What `name` in `dir` is, without following a symlink; nil with errno when it cannot
+    /// be looked at (gone, most often).
+    static func lstatAt(_ dir: Int32, _ name: [UInt8]) -> stat? {
+        var st = stat()
+        return withCPath(name, { fstatat(dir, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 ? st : nil
     }
 
     /// A symlink's target, or nil with errno.
