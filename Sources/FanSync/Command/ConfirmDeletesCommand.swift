@@ -40,18 +40,18 @@ public enum ConfirmDeletesCommand {
                 let loaded = try ConfigLoader.load(path: configFile)
                 let mirrors = loaded.mirrors.filter { name == nil || $0.name == name }
                 if mirrors.isEmpty { throw ArgumentReader.UsageError("\(configFile) has no sync{} named \(name ?? "")") }
-                directories = mirrors.map { $0.stateDir ?? MirrorIndex.stateDirectory(name: $0.name, root: root ?? loaded.settings.stateDir) }
+                directories = mirrors.map { MirrorIndex.stateDirectory(of: $0, root: root ?? loaded.settings.stateDir) }
             } else if let name {
                 directories = [MirrorIndex.stateDirectory(name: name, root: root)]
             } else {
                 let base = root ?? MirrorIndex.defaultStateRoot
-                directories = subdirectories(base).filter { isFile($0 + Array("/index.sqlite".utf8)) }
+                directories = subdirectories(base).filter { isFile(MirrorIndex.indexFile(in: $0)) }
                 if directories.isEmpty { throw ArgumentReader.UsageError("no mirror state directory in \(SyncPath.displayString(base))") }
             }
             var status: Int32 = 0
             for dir in directories {
                 let text = SyncPath.displayString(dir)
-                guard isFile(dir + Array("/index.sqlite".utf8)) else {
+                guard isFile(MirrorIndex.indexFile(in: dir)) else {
                     printError("fansync confirm-deletes: \(text) is not a mirror's state directory (no index.sqlite)")
                     status = 1
                     continue

@@ -61,6 +61,15 @@ final class MirrorIndex: @unchecked Sendable {
         return (root ?? defaultStateRoot) + [UInt8(ascii: "/")] + component
     }
 
+    /// The state directory of `config`'s mirror: its own `stateDir`, else its name under
+    /// `root`.
+    static func stateDirectory(of config: MirrorConfig, root: [UInt8]?) -> [UInt8] {
+        config.stateDir ?? stateDirectory(name: config.name, root: root)
+    }
+
+    /// The index in a state directory.
+    static func indexFile(in directory: [UInt8]) -> [UInt8] { directory + Array("/index.sqlite".utf8) }
+
     struct OpenError: Error, CustomStringConvertible {
         let description: String
     }
@@ -69,7 +78,7 @@ final class MirrorIndex: @unchecked Sendable {
         name = config.name
         source = config.source
         self.log = log
-        directory = config.stateDir ?? Self.stateDirectory(name: config.name, root: stateRoot)
+        directory = Self.stateDirectory(of: config, root: stateRoot)
         policy = DeleteSafety.Policy(maxDeleteShare: config.maxDeleteShare, massDeleteConfirmed: allowMassDelete)
         let dirText = SyncPath.displayString(directory)
         guard makeDirectories(directory) else {
@@ -92,7 +101,7 @@ final class MirrorIndex: @unchecked Sendable {
         let pid = Array("\(getpid())\n".utf8)
         _ = pwrite(lockFD, pid, pid.count, 0)
 
-        let file = dirText + "/index.sqlite"
+        let file = SyncPath.displayString(Self.indexFile(in: directory))
         let index: Index
         do {
             index = try Index(file: file, cacheKiB: 4000, check: .quick, exclusive: true)
@@ -408,9 +417,8 @@ final class MirrorIndex: @unchecked Sendable {
 
     /// True when the mirror's state directory holds an index (a start may come from it).
     static func exists(config: MirrorConfig, stateRoot: [UInt8]?) -> Bool {
-        let dir = config.stateDir ?? stateDirectory(name: config.name, root: stateRoot)
         var st = stat()
-        return withCPath(dir + Array("/index.sqlite".utf8)) { stat($0, &st) } == 0 && st.st_size > 0
+        return withCPath(indexFile(in: stateDirectory(of: config, root: stateRoot))) { stat($0, &st) } == 0 && st.st_size > 0
     }
 
     /// Before a recursive rsync of `path`: records the tree as it is now (new and changed
