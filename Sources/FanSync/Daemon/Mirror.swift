@@ -488,13 +488,16 @@ public final class Mirror: @unchecked Sendable {
     /// path and is the authority on the result.
     private func sync(_ paths: [SyncPath], ticket: ChangeQueue.Ticket, deletes: Bool? = nil) -> TransferOutcome {
         let deletes = deletes ?? config.delete.whileRunning
-        let abandon = { self.abandonCopies.load(ordering: .relaxed) }
-        let quiet = watcher?.ownWrites
-        guard let index else { return transport.sync(paths, deletes: deletes, onStart: onStart(ticket), abandon: abandon, quiet: quiet) }
+        let transport = self.transport
+        func send(_ paths: [SyncPath], record: LocalCopier.Record? = nil) -> TransferOutcome {
+            transport.sync(paths, deletes: deletes, onStart: onStart(ticket), abandon: { self.abandonCopies.load(ordering: .relaxed) },
+                           record: record, quiet: watcher?.ownWrites)
+        }
+        guard let index else { return send(paths) }
         let plan = index.plan(paths, deletes: deletes, localCopy: transport.copier != nil)
         if plan.copierRecords {
             let record = LocalCopier.Record()
-            let outcome = transport.sync(paths, deletes: deletes, onStart: onStart(ticket), abandon: abandon, record: record, quiet: quiet)
+            let outcome = send(paths, record: record)
             guard case .done = outcome else { return outcome }
             if index.commitCopied(record) { state.update { $0.fillRequested = true } }
             log.debug("\(config.name): \(paths.count) new path(s), hashed while copied: \(record.entries.count) recorded")
@@ -502,8 +505,7 @@ public final class Mirror: @unchecked Sendable {
         }
         let (done, failure) = transport.apply(plan.ops, onStart: onStart(ticket))
         if let failure { return failure }
-        let outcome = plan.rsyncPaths.isEmpty ? .done(files: 0, bytes: 0)
-            : transport.sync(plan.rsyncPaths, deletes: deletes, onStart: onStart(ticket), abandon: abandon, quiet: quiet)
+        let outcome = plan.rsyncPaths.isEmpty ? .done(files: 0, bytes: 0) : send(plan.rsyncPaths)
         guard case .done = outcome else { return outcome }
         index.commit(plan, deletes: deletes)
         state.update { s in
