@@ -2,6 +2,7 @@
 #include "CLinux.h"
 #include <sys/resource.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -218,6 +219,18 @@ long clinux_copy_file_range(int fd_in, int fd_out, size_t len) {
 int clinux_set_mtime(int dirfd, const char *path, int64_t sec, long nsec, int flags) {
     struct timespec t[2] = { { .tv_sec = 0, .tv_nsec = UTIME_OMIT }, { .tv_sec = (time_t)sec, .tv_nsec = nsec } };
     return utimensat(dirfd, path, t, flags);
+}
+
+int clinux_open_unnamed(int dirfd, mode_t mode) {
+    return openat(dirfd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, mode);
+}
+
+int clinux_link_unnamed(int fd, int dirfd, const char *name) {
+    if (linkat(fd, "", dirfd, name, AT_EMPTY_PATH) == 0) return 0;
+    if (errno != ENOENT && errno != EPERM) return -1;
+    char proc[40];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    return linkat(AT_FDCWD, proc, dirfd, name, AT_SYMLINK_FOLLOW);
 }
 
 int clinux_fset_mtime(int fd, int64_t sec, long nsec) {

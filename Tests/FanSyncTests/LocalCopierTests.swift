@@ -233,6 +233,36 @@ final class LocalCopierTests: XCTestCase {
         XCTAssertEqual(snapshot(b).keys.sorted(), ["", "large"], "no temporary file left")
     }
 
+    /// A new file is written unnamed and linked under its name once complete. Where
+    /// something takes the name while the copy runs (a file, a directory with contents),
+    /// the copy goes through a temporary name and replaces it, as rsync would; a stop leaves
+    /// no trace of the new file.
+    func testNameTakenDuringTheCopy() throws {
+        let b = dir + Array("/backup".utf8)
+        try mkdirs(b)
+        let big = [UInt8](repeating: 3, count: (9 << 20) + 7)   // two chunks: `abandon` is asked between them
+        for n in ["file-appears", "dir-appears", "stopped"] { try write(path(source, n), big) }
+        let t = try transport(b, .auto)
+        for (name, intrude) in [("file-appears", { (p: [UInt8]) in try self.write(p, Array("intruder".utf8)) }),
+                                ("dir-appears", { (p: [UInt8]) in
+                                    try self.mkdirs(p + Array("/sub".utf8))
+                                    try self.write(p + Array("/sub/f".utf8), Array("inside".utf8))
+                                })] {
+            var asked = 0
+            let outcome = t.sync([SyncPath(name)], deletes: true, abandon: {
+                asked += 1
+                if asked == 2 { try? intrude(self.path(b, name)) }   // the first question is before the batch
+                return false
+            })
+            guard case .done(1, _, _) = outcome else { return XCTFail("\(name): \(outcome)") }
+            XCTAssertGreaterThan(asked, 2, name)
+            XCTAssertEqual(RulesTestSupport.readFile(path(b, name)), big, name)
+        }
+        var asked = 0
+        guard case .failed = t.sync([SyncPath("stopped")], deletes: true, abandon: { asked += 1; return asked > 1 }) else { return XCTFail() }
+        XCTAssertEqual(snapshot(b).keys.sorted(), ["", "dir-appears", "file-appears"], "nothing else: no temporary file, no partial copy")
+    }
+
     /// What the copier records for the index: every path it made or found, the content
     /// hash of small files computed on the way (the hasher's value), none for a large one.
     func testRecordForTheIndex() throws {

@@ -54,6 +54,13 @@ long clinux_copy_file_range(int fd_in, int fd_out, size_t len);
 int clinux_set_mtime(int dirfd, const char *path, int64_t sec, long nsec, int flags);
 // futimens(2), the same way.
 int clinux_fset_mtime(int fd, int64_t sec, long nsec);
+// An unnamed file in `dirfd` (O_TMPFILE, write-only, close-on-exec); -1 with errno
+// (EOPNOTSUPP, EISDIR or EINVAL where the filesystem or kernel cannot).
+int clinux_open_unnamed(int dirfd, mode_t mode);
+// Gives the open unnamed file `fd` the name `name` in `dirfd` (linkat with AT_EMPTY_PATH,
+// which needs CAP_DAC_READ_SEARCH; without it, through /proc/self/fd); -1 with errno
+// (EEXIST when the name is taken).
+int clinux_link_unnamed(int fd, int dirfd, const char *name);
 // pipe2(fds, O_CLOEXEC).
 int clinux_pipe_cloexec(int fds[2]);
 

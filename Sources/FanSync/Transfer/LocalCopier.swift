@@ -178,7 +178,7 @@ final class LocalCopier: Sendable {
         let failures = batch.errors.count
         switch st.st_mode & S_IFMT {
         case S_IFDIR:
-            makeDirectory(p, in: dstDir, deletes: deletes, &batch)
+            makeDirectory(p, in: dstDir, of: targets, deletes: deletes, &batch)
         case S_IFREG:
             return copyFile(p, in: srcDir, to: dstDir, of: targets, deletes: deletes, &batch, abandon: abandon, record: record)
         case S_IFLNK:
@@ -192,14 +192,18 @@ final class LocalCopier: Sendable {
 
     // MARK: Each kind
 
-    private func makeDirectory(_ p: SyncPath, in dstDir: Int32, deletes: Bool, _ batch: inout Batch) {
+    private func makeDirectory(_ p: SyncPath, in dstDir: Int32, of targets: DirectoryCache, deletes: Bool, _ batch: inout Batch) {
         batch.directories.insert(p)
         let name = p.name
         if let old = Self.lstatAt(dstDir, name) {
             if (old.st_mode & S_IFMT) == S_IFDIR { return }
             if withCPath(name, { unlinkat(dstDir, $0, 0) }) != 0 { return batch.fail("cannot replace", p, errno) }
         }
-        if withCPath(name, { mkdirat(dstDir, $0, 0o700) }) != 0 && errno != EEXIST { batch.fail("cannot make", p, errno) }
+        if withCPath(name, { mkdirat(dstDir, $0, 0o700) }) == 0 {
+            targets.made(p)
+        } else if errno != EEXIST {
+            batch.fail("cannot make", p, errno)
+        }
     }
 
     /// `fromName`: the name in `srcDir` when it is not `p`'s own (a copy inside the backup).
@@ -220,7 +224,8 @@ final class LocalCopier: Sendable {
         defer { Glibc.close(src) }
         var st = stat()
         guard fstat(src, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { batch.raced = true; return }
-        let old = Self.lstatAt(dstDir, name)
+        // In a directory this batch made, nothing stands at the name but what the batch put there.
+        let old = targets.madeByThisBatch(p.parent) ? nil : Self.lstatAt(dstDir, name)
         if let old, (old.st_mode & S_IFMT) == S_IFREG && old.st_size == st.st_size
             && old.st_mtim.tv_sec == st.st_mtim.tv_sec && old.st_mtim.tv_nsec == st.st_mtim.tv_nsec {
             // rsync's quick check: the same size and mtime is the same file.
@@ -232,9 +237,9 @@ final class LocalCopier: Sendable {
         // set-id and sticky bits are set after the chown, which would clear them.
         let permissions = st.st_mode & 0o777
         let modeIsFinal = umask.map { st.st_mode & 0o7000 == 0 && permissions & $0 == 0 } ?? false
-        guard let (temp, dst) = createTemporary(for: name, in: dstDir, p, &batch, { tmp in
-            openat(dstDir, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, modeIsFinal ? permissions : 0o600)
-        }) else { return }
+        guard let out = openOutput(for: name, in: dstDir, nameIsFree: old == nil, mode: modeIsFinal ? permissions : 0o600, p, &batch)
+        else { return }
+        let dst = out.fd
         var copied: Int64 = 0
         var failure: (String, Int32)? = nil
         let hasher = record.flatMap { st.st_size <= Record.hashedCopyLimit ? $0.hasher : nil }
@@ -249,12 +254,15 @@ final class LocalCopier: Sendable {
             let chown = targets.newFileOwner(dstDir, dst).map { asRoot ? $0.uid != st.st_uid || $0.gid != st.st_gid : $0.gid != st.st_gid } ?? true
             failure = applyOwnerModeTime(dst, st, chown: chown, chmod: !modeIsFinal).map { ("cannot set the attributes of", $0) }
         }
-        if Glibc.close(dst) != 0 && failure == nil { failure = ("cannot write", errno) }
-        if failure == nil, !replace(temp, name, in: dstDir, existing: old, deletes: deletes, p, &batch) {
-            failure = ("", 0)
+        switch finishOutput(out, name, in: dstDir, existing: old, complete: failure == nil, deletes: deletes, p, &batch) {
+        case .named: break
+        case .failed(let why): failure = failure ?? why
+        case .cannotLink:
+            // This system cannot name an unnamed file (no /proc and no CAP_DAC_READ_SEARCH):
+            // from now on through a temporary name.
+            return copyFile(p, fromName: fromName, in: srcDir, to: dstDir, of: targets, deletes: deletes, &batch, abandon: abandon, record: record)
         }
         if let failure {
-            _ = withCPath(temp) { unlinkat(dstDir, $0, 0) }
             if failure.1 != 0 { batch.fail(failure.0, p, failure.1) }
             return
         }
@@ -435,6 +443,67 @@ final class LocalCopier: Sendable {
         return nil
     }
 
+    /// Where a copy is written before it takes its name: an unnamed file (`O_TMPFILE`),
+    /// linked under the name once complete, where the name is free and the filesystem has
+    /// them (one inode made and named once: cheaper than a create and a rename, and a
+    /// copy cut short leaves nothing behind); else a temporary `.name.XXXXXX`, renamed over it.
+    private struct Output {
+        let fd: Int32
+        /// Nil for an unnamed file.
+        let temp: [UInt8]?
+    }
+
+    /// False once the target's filesystem refused an unnamed file, or one could not be linked.
+    private let unnamedFiles = Atomic<Bool>(true)
+
+    private func openOutput(for name: [UInt8], in dir: Int32, nameIsFree: Bool, mode: mode_t, _ p: SyncPath,
+                            _ batch: inout Batch) -> Output? {
+        if nameIsFree && unnamedFiles.load(ordering: .relaxed) {
+            let fd = clinux_open_unnamed(dir, mode)
+            if fd >= 0 { return Output(fd: fd, temp: nil) }
+            if errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL { unnamedFiles.store(false, ordering: .relaxed) }
+        }
+        guard let (temp, fd) = createTemporary(for: name, in: dir, p, &batch, { tmp in
+            openat(dir, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        }) else { return nil }
+        return Output(fd: fd, temp: temp)
+    }
+
+    private enum Finish { case named, failed((String, Int32)), cannotLink }
+
+    /// Closes the output and, when `complete`, gives it `name`: an unnamed file is linked
+    /// (through a temporary name and `replace` when the name was taken meanwhile), a
+    /// temporary one renamed over it. An output not named is removed. A failure with code
+    /// 0 is recorded in `batch` already.
+    private func finishOutput(_ out: Output, _ name: [UInt8], in dir: Int32, existing: stat?, complete: Bool,
+                              deletes: Bool, _ p: SyncPath, _ batch: inout Batch) -> Finish {
+        guard let temp = out.temp else {
+            // Only local filesystems have unnamed files, and their close reports nothing.
+            defer { Glibc.close(out.fd) }
+            guard complete else { return .failed(("", 0)) }   // never named: gone with its descriptor
+            if withCPath(name, { clinux_link_unnamed(out.fd, dir, $0) }) == 0 { return .named }
+            switch errno {
+            case EEXIST:
+                guard let (temp, _) = createTemporary(for: name, in: dir, p, &batch, { clinux_link_unnamed(out.fd, dir, $0) })
+                else { return .failed(("", 0)) }
+                if replace(temp, name, in: dir, existing: nil, deletes: deletes, p, &batch) { return .named }
+                _ = withCPath(temp) { unlinkat(dir, $0, 0) }
+                return .failed(("", 0))
+            case ENOENT where Self.isDeleted(dir):
+                return .failed(("cannot link into place", ENOENT))
+            case ENOENT, EPERM, EACCES, EOPNOTSUPP, EXDEV:
+                unnamedFiles.store(false, ordering: .relaxed)
+                return .cannotLink
+            case let e:
+                return .failed(("cannot link into place", e))
+            }
+        }
+        let closed = Glibc.close(out.fd) == 0 ? 0 : errno
+        if complete && closed == 0 && replace(temp, name, in: dir, existing: existing, deletes: deletes, p, &batch) { return .named }
+        _ = withCPath(temp) { unlinkat(dir, $0, 0) }
+        return .failed(complete && closed != 0 ? ("cannot write", closed) : ("", 0))
+    }
+
     /// rsync's temporary name: `.name.XXXXXX`, the name cut so the whole fits in 255 bytes.
     static func temporaryName(for name: [UInt8], suffix: UInt64) -> [UInt8] {
         let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789".utf8)
@@ -587,6 +656,12 @@ final class LocalCopier: Sendable {
         return withCPath(name, { fstatat(dir, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 ? st : nil
     }
 
+    /// True when the open directory `dir` was deleted.
+    static func isDeleted(_ dir: Int32) -> Bool {
+        var st = stat()
+        return fstat(dir, &st) == 0 && st.st_nlink == 0
+    }
+
     /// A symlink's target, or nil with errno.
     static func readLink(_ dir: Int32, _ name: [UInt8]) -> [UInt8]? {
         var size = 256
@@ -628,6 +703,9 @@ private final class DirectoryCache {
     /// directory's group where it is set-group-ID or the mount says so), learnt from the
     /// first file made there.
     private var newFileOwners: [Int32: (uid: uid_t, gid: gid_t)] = [:]
+    /// Directories this cache made (empty then: what is in them is what its batch put there,
+    /// each path once).
+    private var made = Set<SyncPath>()
     private static let capacity = 8
     /// Mode of the directories `open(_:create:)` makes (0700 in a batch: their attributes
     /// are set from the source at its end).
@@ -649,6 +727,12 @@ private final class DirectoryCache {
     }
 
     deinit { for fd in open.values { release(fd) } }
+
+    /// True when `dir` was made by this cache's batch (`open(_:create:)` or `made(_:)`).
+    func madeByThisBatch(_ dir: SyncPath) -> Bool { !made.isEmpty && made.contains(dir) }
+
+    /// `dir` was just made by the batch.
+    func made(_ dir: SyncPath) { made.insert(dir) }
 
     /// The owner `file`, just made in `dir`, was given; nil when unknown.
     func newFileOwner(_ dir: Int32, _ file: Int32) -> (uid: uid_t, gid: gid_t)? {
@@ -692,8 +776,10 @@ private final class DirectoryCache {
     /// directory.
     private func make(_ dir: SyncPath) -> Int32 {
         var current = root
+        var path = SyncPath.root
         for component in dir.components {
             let name = Array(component)
+            path = path.appending(name)
             var next = withCPath(name) { openat(current, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             if next < 0 && (errno == ENOTDIR || errno == ELOOP) {
                 // A file or a symlink where the source has a directory.
@@ -702,7 +788,11 @@ private final class DirectoryCache {
                 errno = ENOENT
             }
             if next < 0 && errno == ENOENT {
-                if withCPath(name, { mkdirat(current, $0, newDirectoryMode) }) != 0 && errno != EEXIST { return fail(current) }
+                if withCPath(name, { mkdirat(current, $0, newDirectoryMode) }) == 0 {
+                    made.insert(path)
+                } else if errno != EEXIST {
+                    return fail(current)
+                }
                 next = withCPath(name) { openat(current, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             }
             if next < 0 { return fail(current) }
