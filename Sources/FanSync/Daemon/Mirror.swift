@@ -397,11 +397,14 @@ public final class Mirror: @unchecked Sendable {
             let started = monotonicNow()
             let outcome = run(ticket)
             let now = monotonicNow()
-            state.update { s in
+            let idle = state.update { s -> Bool in
                 s.idle += 1
                 s.running[ticket.id] = nil
                 record(outcome, of: ticket, started: started, now: now, in: &s)
+                return s.queue.isIdle
             }
+            // What the copier recorded waits for a pause (see `MirrorIndex.commitCopied`).
+            if idle { index?.writeCopied() }
             stateChanged()
         }
         state.update { $0.idle -= 1 }

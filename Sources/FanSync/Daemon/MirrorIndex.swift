@@ -18,7 +18,18 @@ final class MirrorIndex: @unchecked Sendable {
     /// This mirror's state directory.
     let directory: [UInt8]
     let log: Logger
-    private let store: Monitor<Index>
+    private let store: Monitor<Store>
+
+    /// The index, and what the copier recorded that is not written to it yet.
+    private struct Store {
+        let index: Index
+        /// Entries of copied batches, written together (see `commitCopied`), and the kind
+        /// each path has in the last of them.
+        var copied: [IndexEntry] = []
+        var copiedKinds: [SyncPath: FileKind] = [:]
+        /// When the oldest of them was recorded (monotonic).
+        var copiedSince = 0.0
+    }
     let hasher: HashService
     private let lockFD: Int32
 
@@ -143,7 +154,7 @@ final class MirrorIndex: @unchecked Sendable {
             throw OpenError(description: "\(error)")
         }
         startMode = mode
-        store = Monitor(index)
+        store = Monitor(Store(index: index))
         do {
             hasher = try HashService()
         } catch {
@@ -174,14 +185,34 @@ final class MirrorIndex: @unchecked Sendable {
 
     /// Runs `body` on the index; an SQLite error is logged (the index is a cache of what the
     /// backup holds: a failed write costs a resend later, never a wrong backup).
+    /// The copier's records not yet written go first: every use sees them, and the index's
+    /// writes keep their order.
     @discardableResult
     func withIndex<R>(_ body: (Index) throws -> R) -> R? {
-        store.withLock { index -> R? in
-            do { return try body(index) } catch {
-                log.error("\(name): index: \(error)")
-                return nil
-            }
+        store.withLock { s -> R? in
+            writeCopied(&s)
+            return run(s.index, body)
         }
+    }
+
+    private func run<R>(_ index: Index, _ body: (Index) throws -> R) -> R? {
+        do { return try body(index) } catch {
+            log.error("\(name): index: \(error)")
+            return nil
+        }
+    }
+
+    private func writeCopied(_ s: inout Store) {
+        guard !s.copied.isEmpty else { return }
+        let entries = s.copied
+        s.copied = []
+        s.copiedKinds = [:]
+        run(s.index) { try $0.upsert(entries) }
+    }
+
+    /// Writes what the copier recorded (when the mirror is idle: see `commitCopied`).
+    func writeCopied() {
+        store.withLock { writeCopied(&$0) }
     }
 
     /// The number of paths the index holds, counted at most every 10 s (a count is a scan
@@ -327,13 +358,17 @@ final class MirrorIndex: @unchecked Sendable {
     /// batch can be unchanged, moved or deleted.
     private func onlyNewFiles(_ paths: [SyncPath]) -> Bool {
         var directories: [SyncPath] = []
-        let clean = withIndex { index -> Bool in
-            for p in paths {
-                guard let e = try index.lookup(p) else { continue }
-                if e.kind != .directory || directories.count >= 16 { return false }
-                directories.append(p)
+        // The copier's waiting records count as written (and stay waiting: in a burst a
+        // directory's attributes change after its files, and its path comes again).
+        let clean = store.withLock { s in
+            run(s.index) { index -> Bool in
+                for p in paths {
+                    guard let kind = try s.copiedKinds[p] ?? index.lookup(p)?.kind else { continue }
+                    if kind != .directory || directories.count >= 16 { return false }
+                    directories.append(p)
+                }
+                return true
             }
-            return true
         } ?? false
         guard clean else { return false }
         if directories.isEmpty { return true }
@@ -345,10 +380,31 @@ final class MirrorIndex: @unchecked Sendable {
 
     /// Records what the local copier made or found (a batch planned with `copierRecords`).
     /// Returns true when some entries still need their content hash.
+    ///
+    /// Written before the next other use of the index (so every use sees them), when the
+    /// mirror is idle (`writeCopied()`), a second after the oldest, or once `copiedLimit`
+    /// wait: during a burst the copies go first, and one transaction of many batches
+    /// rewrites the hash index's pages once instead of once per batch. A crash loses them;
+    /// the start after it finds those files on the backup as it finds any the index does
+    /// not know.
     func commitCopied(_ record: LocalCopier.Record) -> Bool {
-        withIndex { try $0.upsert(record.entries.map { IndexEntry(path: $0.path, hashed: $0.entry, acked: $0.acked) }) }
+        let now = monotonicNow()
+        store.withLock { s in
+            if s.copied.isEmpty { s.copiedSince = now }
+            for e in record.entries {
+                s.copied.append(IndexEntry(path: e.path, hashed: e.entry, acked: e.acked))
+                s.copiedKinds[e.path] = e.entry.stat.kind
+            }
+            if s.copied.count >= Self.copiedLimit || now - s.copiedSince >= 1 { writeCopied(&s) }
+        }
         return record.entries.contains { $0.entry.content == nil && $0.entry.stat.kind == .regular }
     }
+
+    /// How many of the copier's entries wait to be written.
+    var copiedWaiting: Int { store.withLock { $0.copied.count } }
+
+    /// At most this many copied entries wait to be written (about 200 bytes each).
+    static let copiedLimit = 1 << 15
 
     /// A rename done on the backup.
     func renamed(from: SyncPath, to: SyncPath) {
