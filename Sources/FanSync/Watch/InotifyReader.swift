@@ -185,13 +185,12 @@ final class InotifyReader {
 
     /// Watches `start` and every directory below it that the filter admits, without
     /// following symlinks. The watch on a directory is placed before it is read, so an entry
-    /// created meanwhile is either read or reported. Returns the errno of the watch on
-    /// `start` itself (0 when placed) and whether any entry was found below it.
+    /// created meanwhile is either read or reported. `found` is told every admitted entry
+    /// read (path, is a directory). Returns the errno of the watch on `start` itself (0
+    /// when placed).
     @discardableResult
-    private func watchTree(_ start: SyncPath) -> (startErrno: Int32, sawEntries: Bool)
-    {
+    private func watchTree(_ start: SyncPath, found: ((SyncPath, Bool) -> Void)? = nil) -> Int32 {
         var startErrno: Int32 = 0
-        var sawEntries = false
         var stack: [SyncPath] = [start]
         while let dir = stack.popLast() {
             let e = addWatch(dir)
@@ -216,7 +215,6 @@ final class InotifyReader {
                 guard let entry = readdir(stream) else { break }
                 let name = Self.entryName(entry)
                 if name == [UInt8(ascii: ".")] || name == [UInt8(ascii: "."), UInt8(ascii: ".")] { continue }
-                sawEntries = true
                 var isDirectory = entry.pointee.d_type == UInt8(truncatingIfNeeded: DT_DIR)
                 if entry.pointee.d_type == UInt8(truncatingIfNeeded: DT_UNKNOWN) {
                     var st = stat()
@@ -227,13 +225,15 @@ final class InotifyReader {
                     }
                     isDirectory = rc == 0 && (st.st_mode & S_IFMT) == S_IFDIR
                 }
-                guard isDirectory else { continue }
+                guard isDirectory || found != nil else { continue }
                 let child = dir.appending(name)
-                if filter(child, true) { stack.append(child) }
+                guard filter(child, isDirectory) else { continue }
+                found?(child, isDirectory)
+                if isDirectory { stack.append(child) }
             }
             closedir(stream)
         }
-        return (startErrno, sawEntries)
+        return startErrno
     }
 
     private static func entryName(_ entry: UnsafeMutablePointer<dirent>) -> [UInt8] {
@@ -245,7 +245,7 @@ final class InotifyReader {
 
     /// The walk `start` does before returning: 0, or the errno that makes the root unwatchable.
     func watchInitialTree() -> Int32 {
-        watchTree(.root).startErrno
+        watchTree(.root)
     }
 
     /// After an overflow: watch whatever is missing and forget watches on directories that
@@ -451,8 +451,11 @@ final class InotifyReader {
         if mask & InotifyMask.create != 0 {
             if isDirectory {
                 emit(.changed(path, isDirectory: true, created: true, closed: true))
-                // Whatever was made inside before the watch existed has no event: rescan it.
-                if watchTree(path).sawEntries { emit(.rescan(path)) }
+                // Whatever was made inside before the watch existed has no event: each entry
+                // the walk finds is reported as made (one still being written reports its
+                // close later), and goes with the other changes rather than as a resync of
+                // the directory (a `cp -a` of a tree would send each directory as one).
+                watchTree(path) { entry, isDir in self.emit(.changed(entry, isDirectory: isDir, created: true, closed: true)) }
             } else {
                 // A regular file gets its CLOSE_WRITE later; a hard link (more than one link)
                 // and everything else (symlink, fifo, socket, device) are complete now.
