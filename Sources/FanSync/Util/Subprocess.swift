@@ -128,12 +128,13 @@ func joinPath(_ base: [UInt8], _ rel: SyncPath) -> [UInt8] {
     return base + [UInt8(ascii: "/")] + rel.bytes
 }
 
-/// Calls `body` with a NUL-terminated C string of `bytes`.
+/// Calls `body` with a NUL-terminated C string of `bytes`, made on the stack where it is
+/// small (a copy with a NUL appended was an allocation per system call).
 func withCPath<R>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) throws -> R) rethrows -> R {
-    var z = bytes
-    z.append(0)
-    return try z.withUnsafeBufferPointer { buf in
-        try buf.baseAddress!.withMemoryRebound(to: CChar.self, capacity: z.count) { try body($0) }
+    try withUnsafeTemporaryAllocation(of: CChar.self, capacity: bytes.count + 1) { buf in
+        bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(buf).copyMemory(from: $0) }
+        buf[bytes.count] = 0
+        return try body(UnsafePointer(buf.baseAddress!))
     }
 }
 
