@@ -49,7 +49,7 @@ public final class Transport: Sendable {
 
     /// The ssh master connection: one per target, a child of the daemon (not ssh's own
     /// ControlPersist background process, which would hold our pipes open).
-    private let master = Monitor<pid_t>(0)
+    private let master = Monitor<SSHMaster?>(nil)
 
     /// The ssh command line (without destination), shared by rsync's `-e` and by renames.
     /// Each command goes through the master connection when it is up, and connects on its
@@ -81,24 +81,21 @@ public final class Transport: Sendable {
     /// here: the transfer's own ssh reports why.
     func ensureMaster() {
         guard let controlDirectory, case .ssh(let t) = config.target else { return }
-        master.withLock { pid in
-            if pid > 0 {
-                var status: Int32 = 0
-                if waitpid(pid, &status, WNOHANG) == 0 { return }
-                pid = 0
+        master.withLock { current in
+            if let m = current {
+                if !m.hasExited { return }
+                m.wait()
             }
             let socket = controlDirectory + "/cm"
             unlink(socket)
             let argv = [config.ssh.binary, "-M", "-N", "-o", "ControlPersist=no", "-o", "ControlPath=\(socket)"]
                 + baseSSHOptions + ["--", t.destination]
-            guard let child = try? Subprocess.spawnBackground(argv, errorPath: controlDirectory + "/master.log") else { return }
-            pid = child
+            let m = SSHMaster(argv, errorPath: controlDirectory + "/master.log")
+            current = m
             let deadline = monotonicNow() + 10
             var st = stat()
-            while monotonicNow() < deadline {
+            while monotonicNow() < deadline && !m.hasExited {
                 if stat(socket, &st) == 0 { return }
-                var status: Int32 = 0
-                if waitpid(child, &status, WNOHANG) == child { pid = 0; return }
                 usleep(10_000)
             }
         }
@@ -349,15 +346,45 @@ public final class Transport: Sendable {
     /// Closes the ssh master connection and removes the private directory.
     public func close() {
         guard let controlDirectory else { return }
-        master.withLock { pid in
-            if pid > 0 {
-                kill(pid, SIGTERM)
-                var status: Int32 = 0
-                waitpid(pid, &status, 0)
-                pid = 0
-            }
+        master.withLock { current in
+            current?.stop()
+            current = nil
         }
         _ = LocalCopier.removeTree(Array(controlDirectory.utf8), in: AT_FDCWD)
+    }
+}
+
+/// An ssh master process, started by a thread of its own that waits for it to end. A child
+/// dies with the thread that started it (`PR_SET_PDEATHSIG`, so that a daemon killed with
+/// SIGKILL leaves none behind), and a worker thread ends when the mirror stops or runs
+/// fewer workers after a reload, while other transfers still go through the master.
+private final class SSHMaster: @unchecked Sendable {
+    /// The pid once started (-1: it could not be), and whether it has ended.
+    private let state = Monitor<(pid: pid_t, exited: Bool)>((0, false))
+    private var thread: WorkerThread! = nil
+
+    init(_ argv: [String], errorPath: String) {
+        thread = WorkerThread(name: "ssh master") { [state] in
+            let pid = (try? Subprocess.spawnBackground(argv, errorPath: errorPath)) ?? -1
+            state.update { $0.pid = pid }
+            var status: Int32 = 0
+            if pid > 0 { while waitpid(pid, &status, 0) < 0 && errno == EINTR {} }
+            state.update { $0.exited = true }
+        }
+        // Started (or failed) before anyone asks.
+        state.wait { s in (s.pid != 0 ? () : nil, nil) }
+    }
+
+    var hasExited: Bool { state.withLock { $0.exited } }
+
+    /// Waits for the process (and its thread) to end.
+    func wait() { thread.join() }
+
+    /// Asks it to end (SIGTERM) and waits.
+    func stop() {
+        let pid = state.withLock { $0.exited ? 0 : $0.pid }
+        if pid > 0 { kill(pid, SIGTERM) }
+        wait()
     }
 }
 
