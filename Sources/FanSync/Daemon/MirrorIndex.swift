@@ -184,8 +184,8 @@ final class MirrorIndex: @unchecked Sendable {
     }
 
     /// Runs `body` on the index; an SQLite error is logged (the index is a cache of what the
-    /// backup holds: a failed write costs a resend later, never a wrong backup).
-    /// The copier's records not yet written go first: every use sees them, and the index's
+    /// backup holds: a failed write costs a resend later, never a wrong backup). The
+    /// copier's records not yet written go first: every use sees them, and the index's
     /// writes keep their order.
     @discardableResult
     func withIndex<R>(_ body: (Index) throws -> R) -> R? {
