@@ -30,6 +30,18 @@ final class IndexStoreTests: XCTestCase {
         entry(Array(path.utf8), size: size, hash: hash, kind: kind, acked: acked)
     }
 
+    /// Anything strictly inside a path (the key range of `path/`), anything at all for the root.
+    func testHasEntriesInside() throws {
+        let index = try Index(file: file)
+        XCTAssertFalse(try index.hasEntries(inside: .root))
+        try index.upsert([entry("a/b"), entry("ab"), entry("a-c"), entry("d")])
+        XCTAssertTrue(try index.hasEntries(inside: .root))
+        XCTAssertTrue(try index.hasEntries(inside: SyncPath("a")))
+        for p in ["a/b", "ab", "a-c", "d", "c", "a/b/c"] {
+            XCTAssertFalse(try index.hasEntries(inside: SyncPath(p)), p)
+        }
+    }
+
     func testFreshIndexHasTheCurrentSchemaAndSettings() throws {
         let index = try Index(file: file)
         XCTAssertNil(index.recovery)

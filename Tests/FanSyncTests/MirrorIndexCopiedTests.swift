@@ -66,6 +66,10 @@ final class MirrorIndexCopiedTests: XCTestCase {
             XCTAssertEqual(e.wholeHash, ContentHash.of(content).whole)
             XCTAssertTrue(e.acked)
             XCTAssertEqual(index.withIndex { try $0.lookup(SyncPath("d")) }??.kind, .directory)
+            // Written now: found by its own look-up (its directory holds entries), while a
+            // batch of new paths in that directory still needs none each.
+            XCTAssertFalse(index.plan(fresh + [SyncPath("d/copied")], deletes: true, localCopy: true).copierRecords)
+            XCTAssertTrue(index.plan(fresh, deletes: true, localCopy: true).copierRecords)
 
             // Recorded, then the daemon stops: written on close.
             _ = index.commitCopied(try record([("d/last", Array("last".utf8))]))

@@ -362,8 +362,18 @@ final class MirrorIndex: @unchecked Sendable {
         // directory's attributes change after its files, and its path comes again).
         let clean = store.withLock { s in
             run(s.index) { index -> Bool in
+                // A directory the index holds nothing under (a burst's new ones): its paths
+                // need no look-up each.
+                var emptyDirectories: [SyncPath: Bool] = [:]
+                func inEmptyDirectory(_ p: SyncPath) throws -> Bool {
+                    let parent = p.parent
+                    if let known = emptyDirectories[parent] { return known }
+                    let empty = try !index.hasEntries(inside: parent)
+                    emptyDirectories[parent] = empty
+                    return empty
+                }
                 for p in paths {
-                    guard let kind = try s.copiedKinds[p] ?? index.lookup(p)?.kind else { continue }
+                    guard let kind = try s.copiedKinds[p] ?? (inEmptyDirectory(p) ? nil : index.lookup(p)?.kind) else { continue }
                     if kind != .directory || directories.count >= 16 { return false }
                     directories.append(p)
                 }

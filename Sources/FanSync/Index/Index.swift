@@ -436,6 +436,16 @@ public final class Index {
     }
 
     /// The number of entries (of one kind when given).
+    /// True when the index holds anything strictly inside `path` (anything at all for the root).
+    public func hasEntries(inside path: SyncPath) throws(SQLiteError) -> Bool {
+        let (lower, upper): ([UInt8], [UInt8]?) = path.isRoot ? ([], nil) : IndexKey.descendants(of: path)
+        let stmt = try statement("SELECT 1 FROM entries WHERE path >= ?1 AND (?2 IS NULL OR path < ?2) LIMIT 1")
+        defer { stmt.reset() }
+        stmt.bind(1, lower)
+        stmt.bind(2, upper)
+        return try stmt.step()
+    }
+
     public func count(kind: FileKind? = nil) throws(SQLiteError) -> Int {
         let stmt = try statement(kind == nil ? "SELECT count(*) FROM entries" : "SELECT count(*) FROM entries WHERE type = ?1")
         defer { stmt.reset() }
