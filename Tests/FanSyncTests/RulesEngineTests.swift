@@ -86,6 +86,11 @@ final class RulesEngineTests: XCTestCase {
         XCTAssertTrue(e.isRulesFileName(bytes(".gitignore")))
         XCTAssertTrue(e.isRulesFileName(bytes(".fansyncignore")))
         XCTAssertFalse(e.isRulesFileName(bytes(".ignore")))
+        // The same asked of a path: its last component, whole.
+        for (path, yes) in [(".gitignore", true), ("d/.gitignore", true), ("a b/c/.fansyncignore", true),
+                            ("d/x.gitignore", false), ("d/.gitignore2", false), (".gitignore/f", false), ("gitignore", false)] {
+            XCTAssertEqual(e.isRulesFile(SyncPath(path)), yes, path)
+        }
         XCTAssertFalse(engine().isExcluded(SyncPath("bar"), isDirectory: false), ".gitignore is read only when asked for")
     }
 

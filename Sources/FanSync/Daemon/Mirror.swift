@@ -321,12 +321,12 @@ public final class Mirror: @unchecked Sendable {
                 if isDirectory && created { rules.rulesChanged(in: p) }
                 // A shared watcher passes what any of its mirrors wants: apply our own rules.
                 if shared && rules.isExcluded(p, isDirectory: isDirectory) { continue }
-                if rules.isRulesFileName(p.name) { rulesFileChanged(in: p.parent, into: &accepted) }
+                if rules.isRulesFile(p) { rulesFileChanged(in: p.parent, into: &accepted) }
                 accepted.append(event)
             case .removed(let p, let isDirectory):
                 if isDirectory { rules.rulesChanged(in: p) }
                 if shared && rules.isExcluded(p, isDirectory: isDirectory) { continue }
-                if rules.isRulesFileName(p.name) { rulesFileChanged(in: p.parent, into: &accepted) }
+                if rules.isRulesFile(p) { rulesFileChanged(in: p.parent, into: &accepted) }
                 accepted.append(event)
             case .renamed(let from, let to, let isDirectory):
                 if isDirectory {
@@ -337,8 +337,8 @@ public final class Mirror: @unchecked Sendable {
                 // One side excluded: it is a create or a delete for the mirror.
                 let fromOut = rules.isExcluded(from, isDirectory: isDirectory)
                 let toOut = rules.isExcluded(to, isDirectory: isDirectory)
-                if rules.isRulesFileName(from.name) { rulesFileChanged(in: from.parent, into: &accepted) }
-                if rules.isRulesFileName(to.name) { rulesFileChanged(in: to.parent, into: &accepted) }
+                if rules.isRulesFile(from) { rulesFileChanged(in: from.parent, into: &accepted) }
+                if rules.isRulesFile(to) { rulesFileChanged(in: to.parent, into: &accepted) }
                 switch (fromOut, toOut) {
                 case (false, false): accepted.append(event)
                 case (true, false):

@@ -149,6 +149,16 @@ public final class RulesEngine: @unchecked Sendable {
         rulesFileNames.contains(name)
     }
 
+    /// True when `path`'s last component is a rules file name (without copying it out: this
+    /// is asked for every event).
+    public func isRulesFile(_ path: SyncPath) -> Bool {
+        let b = path.bytes
+        return rulesFileNames.contains { n in
+            b.count >= n.count && b.suffix(n.count).elementsEqual(n)
+                && (b.count == n.count || b[b.count - n.count - 1] == UInt8(ascii: "/"))
+        }
+    }
+
     /// Problems in the global patterns and in the rules files read so far (unterminated
     /// classes, trailing backslashes, unreadable or symlinked files), by file and line.
     public var warnings: [RulesWarning] {

@@ -180,7 +180,8 @@ final class LocalCopier: Sendable {
         case S_IFDIR:
             makeDirectory(p, in: dstDir, of: targets, deletes: deletes, &batch)
         case S_IFREG:
-            return copyFile(p, in: srcDir, to: dstDir, of: targets, deletes: deletes, &batch, abandon: abandon, record: record)
+            return copyFile(p, in: srcDir, to: dstDir, of: targets, inNewDirectory: targets.madeByThisBatch(parent), deletes: deletes,
+                            &batch, abandon: abandon, record: record)
         case S_IFLNK:
             copySymlink(p, st, in: srcDir, to: dstDir, deletes: deletes, &batch, record: record)
             return
@@ -207,8 +208,10 @@ final class LocalCopier: Sendable {
     }
 
     /// `fromName`: the name in `srcDir` when it is not `p`'s own (a copy inside the backup).
-    private func copyFile(_ p: SyncPath, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, of targets: DirectoryCache, deletes: Bool,
-                          _ batch: inout Batch, abandon: () -> Bool, record: Record?) {
+    /// `inNewDirectory`: `dstDir` was made by this batch (nothing stands at the name but
+    /// what the batch put there).
+    private func copyFile(_ p: SyncPath, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, of targets: DirectoryCache,
+                          inNewDirectory: Bool, deletes: Bool, _ batch: inout Batch, abandon: () -> Bool, record: Record?) {
         let name = p.name
         let sourceName = fromName ?? name
         var src = withCPath(sourceName) { openat(srcDir, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | clinux_o_noatime) }
@@ -224,8 +227,7 @@ final class LocalCopier: Sendable {
         defer { Glibc.close(src) }
         var st = stat()
         guard fstat(src, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { batch.raced = true; return }
-        // In a directory this batch made, nothing stands at the name but what the batch put there.
-        let old = targets.madeByThisBatch(p.parent) ? nil : Self.lstatAt(dstDir, name)
+        let old = inNewDirectory ? nil : Self.lstatAt(dstDir, name)
         if let old, (old.st_mode & S_IFMT) == S_IFREG && old.st_size == st.st_size
             && old.st_mtim.tv_sec == st.st_mtim.tv_sec && old.st_mtim.tv_nsec == st.st_mtim.tv_nsec {
             // rsync's quick check: the same size and mtime is the same file.
@@ -260,7 +262,8 @@ final class LocalCopier: Sendable {
         case .cannotLink:
             // This system cannot name an unnamed file (no /proc and no CAP_DAC_READ_SEARCH):
             // from now on through a temporary name.
-            return copyFile(p, fromName: fromName, in: srcDir, to: dstDir, of: targets, deletes: deletes, &batch, abandon: abandon, record: record)
+            return copyFile(p, fromName: fromName, in: srcDir, to: dstDir, of: targets, inNewDirectory: inNewDirectory, deletes: deletes,
+                            &batch, abandon: abandon, record: record)
         }
         if let failure {
             if failure.1 != 0 { batch.fail(failure.0, p, failure.1) }
@@ -405,7 +408,8 @@ final class LocalCopier: Sendable {
             let b = dirs.open(to.parent, create: true)
             guard b >= 0 else { return false }
             switch st.st_mode & S_IFMT {
-            case S_IFREG: copyFile(to, fromName: from.name, in: a, to: b, of: dirs, deletes: false, &batch, abandon: { false }, record: nil)
+            case S_IFREG: copyFile(to, fromName: from.name, in: a, to: b, of: dirs, inNewDirectory: dirs.madeByThisBatch(to.parent), deletes: false,
+                                   &batch, abandon: { false }, record: nil)
             case S_IFLNK: copySymlink(to, st, fromName: from.name, in: a, to: b, deletes: false, &batch, record: nil)
             default: return false
             }
@@ -697,6 +701,9 @@ private final class DirectoryCache {
     private let quiet: OwnWrites?
     private var open: [SyncPath: Int32] = [:]
     private var order: [SyncPath] = []
+    /// The last directory asked for (a sorted batch asks for the same one path after path):
+    /// compared, not hashed.
+    private var last: (dir: SyncPath, fd: Int32)? = nil
     /// The errno of the last failed `open`.
     private(set) var lastError: Int32 = 0
     /// The owner and group a file made in an open directory gets (the process's, or the
@@ -744,6 +751,7 @@ private final class DirectoryCache {
     }
 
     private func release(_ fd: Int32) {
+        if last?.fd == fd { last = nil }
         newFileOwners[fd] = nil
         quiet?.resume(fd)
         Glibc.close(fd)
@@ -754,7 +762,11 @@ private final class DirectoryCache {
     /// stands where one should be (a file, a symlink) is replaced.
     func open(_ dir: SyncPath, create: Bool = false) -> Int32 {
         if dir.isRoot { return root }
-        if let fd = open[dir] { return fd }
+        if let last, last.dir == dir { return last.fd }
+        if let fd = open[dir] {
+            last = (dir, fd)
+            return fd
+        }
         var fd = withCPath(dir.bytes) { clinux_open_beneath_nofollow(root, $0, O_RDONLY | O_DIRECTORY) }
         if fd < 0 {
             lastError = errno
@@ -769,6 +781,7 @@ private final class DirectoryCache {
         quiet?.quiet(fd)
         open[dir] = fd
         order.append(dir)
+        last = (dir, fd)
         return fd
     }
 
