@@ -435,7 +435,6 @@ public final class Index {
         return out
     }
 
-    /// The number of entries (of one kind when given).
     /// True when the index holds anything strictly inside `path` (anything at all for the root).
     public func hasEntries(inside path: SyncPath) throws(SQLiteError) -> Bool {
         let (lower, upper): ([UInt8], [UInt8]?) = path.isRoot ? ([], nil) : IndexKey.descendants(of: path)
@@ -446,6 +445,7 @@ public final class Index {
         return try stmt.step()
     }
 
+    /// The number of entries (of one kind when given).
     public func count(kind: FileKind? = nil) throws(SQLiteError) -> Int {
         let stmt = try statement(kind == nil ? "SELECT count(*) FROM entries" : "SELECT count(*) FROM entries WHERE type = ?1")
         defer { stmt.reset() }
