@@ -323,9 +323,7 @@ final class LocalCopier: Sendable {
     private func finishTemporary(_ temp: [UInt8], _ name: [UInt8], _ st: stat, in dstDir: Int32, existing: stat?,
                                  deletes: Bool, _ p: SyncPath, _ batch: inout Batch) {
         setAttributes(of: temp, in: dstDir, from: st, current: nil, p, &batch)
-        if !replace(temp, name, in: dstDir, existing: existing, deletes: deletes, p, &batch) {
-            _ = withCPath(temp) { unlinkat(dstDir, $0, 0) }
-        }
+        replaceOrRemove(temp, name, in: dstDir, existing: existing, deletes: deletes, p, &batch)
     }
 
     // MARK: Deletes
@@ -488,11 +486,10 @@ final class LocalCopier: Sendable {
             if withCPath(name, { clinux_link_unnamed(out.fd, dir, $0) }) == 0 { return .named }
             switch errno {
             case EEXIST:
-                guard let (temp, _) = createTemporary(for: name, in: dir, p, &batch, { clinux_link_unnamed(out.fd, dir, $0) })
+                guard let (temp, _) = createTemporary(for: name, in: dir, p, &batch, { clinux_link_unnamed(out.fd, dir, $0) }),
+                      replaceOrRemove(temp, name, in: dir, existing: nil, deletes: deletes, p, &batch)
                 else { return .failed(("", 0)) }
-                if replace(temp, name, in: dir, existing: nil, deletes: deletes, p, &batch) { return .named }
-                _ = withCPath(temp) { unlinkat(dir, $0, 0) }
-                return .failed(("", 0))
+                return .named
             case ENOENT where Self.isDeleted(dir):
                 return .failed(("cannot link into place", ENOENT))
             case ENOENT, EPERM, EACCES, EOPNOTSUPP, EXDEV:
@@ -503,9 +500,20 @@ final class LocalCopier: Sendable {
             }
         }
         let closed = Glibc.close(out.fd) == 0 ? 0 : errno
-        if complete && closed == 0 && replace(temp, name, in: dir, existing: existing, deletes: deletes, p, &batch) { return .named }
+        if complete && closed == 0 {
+            return replaceOrRemove(temp, name, in: dir, existing: existing, deletes: deletes, p, &batch) ? .named : .failed(("", 0))
+        }
         _ = withCPath(temp) { unlinkat(dir, $0, 0) }
-        return .failed(complete && closed != 0 ? ("cannot write", closed) : ("", 0))
+        return .failed(complete ? ("cannot write", closed) : ("", 0))
+    }
+
+    /// `replace`, and the temporary removed when it did not happen.
+    @discardableResult
+    private func replaceOrRemove(_ temp: [UInt8], _ name: [UInt8], in dir: Int32, existing: stat?, deletes: Bool,
+                                 _ p: SyncPath, _ batch: inout Batch) -> Bool {
+        if replace(temp, name, in: dir, existing: existing, deletes: deletes, p, &batch) { return true }
+        _ = withCPath(temp) { unlinkat(dir, $0, 0) }
+        return false
     }
 
     /// rsync's temporary name: `.name.XXXXXX`, the name cut so the whole fits in 255 bytes.
