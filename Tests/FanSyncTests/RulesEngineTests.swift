@@ -83,11 +83,11 @@ final class RulesEngineTests: XCTestCase {
         XCTAssertFalse(e.isExcluded(SyncPath("foo"), isDirectory: false))
         XCTAssertTrue(e.isExcluded(SyncPath("bar"), isDirectory: false))
         XCTAssertTrue(e.isExcluded(SyncPath("d/foo"), isDirectory: false), "a deeper .gitignore beats a shallower .fansyncignore")
-        XCTAssertTrue(e.isRulesFileName(bytes(".gitignore")))
-        XCTAssertTrue(e.isRulesFileName(bytes(".fansyncignore")))
-        XCTAssertFalse(e.isRulesFileName(bytes(".ignore")))
-        // The same asked of a path: its last component, whole.
-        for (path, yes) in [(".gitignore", true), ("d/.gitignore", true), ("a b/c/.fansyncignore", true),
+        XCTAssertTrue(e.isRulesFile(SyncPath(".gitignore")))
+        XCTAssertTrue(e.isRulesFile(SyncPath(".fansyncignore")))
+        XCTAssertFalse(e.isRulesFile(SyncPath(".ignore")))
+        // A path's last component, whole.
+        for (path, yes) in [("d/.gitignore", true), ("a b/c/.fansyncignore", true),
                             ("d/x.gitignore", false), ("d/.gitignore2", false), (".gitignore/f", false), ("gitignore", false)] {
             XCTAssertEqual(e.isRulesFile(SyncPath(path)), yes, path)
         }

@@ -145,10 +145,6 @@ public final class RulesEngine: @unchecked Sendable {
         rulesChanged(in: .root)
     }
 
-    public func isRulesFileName(_ name: [UInt8]) -> Bool {
-        rulesFileNames.contains(name)
-    }
-
     /// True when `path`'s last component is a rules file name (without copying it out: this
     /// is asked for every event).
     public func isRulesFile(_ path: SyncPath) -> Bool {
