@@ -180,7 +180,7 @@ final class LocalCopier: Sendable {
         case S_IFDIR:
             makeDirectory(p, in: dstDir, of: targets, deletes: deletes, &batch)
         case S_IFREG:
-            return copyFile(p, in: srcDir, to: dstDir, of: targets, inNewDirectory: targets.madeByThisBatch(parent), deletes: deletes,
+            return copyFile(p, st, in: srcDir, to: dstDir, of: targets, inNewDirectory: targets.madeByThisBatch(parent), deletes: deletes,
                             &batch, abandon: abandon, record: record)
         case S_IFLNK:
             copySymlink(p, st, in: srcDir, to: dstDir, deletes: deletes, &batch, record: record)
@@ -208,12 +208,23 @@ final class LocalCopier: Sendable {
     }
 
     /// `fromName`: the name in `srcDir` when it is not `p`'s own (a copy inside the backup).
+    /// `seen`: what `lstat` found at that name (a regular file); the file opened is checked
+    /// to be that inode once copied, so no second `fstat` is needed before the copy.
     /// `inNewDirectory`: `dstDir` was made by this batch (nothing stands at the name but
     /// what the batch put there).
-    private func copyFile(_ p: SyncPath, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, of targets: DirectoryCache,
+    private func copyFile(_ p: SyncPath, _ seen: stat, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, of targets: DirectoryCache,
                           inNewDirectory: Bool, deletes: Bool, _ batch: inout Batch, abandon: () -> Bool, record: Record?) {
         let name = p.name
         let sourceName = fromName ?? name
+        let st = seen
+        let old = inNewDirectory ? nil : Self.lstatAt(dstDir, name)
+        if let old, (old.st_mode & S_IFMT) == S_IFREG && old.st_size == st.st_size
+            && old.st_mtim.tv_sec == st.st_mtim.tv_sec && old.st_mtim.tv_nsec == st.st_mtim.tv_nsec {
+            // rsync's quick check: the same size and mtime is the same file.
+            setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
+            record?.add(p, HashedEntry(stat: FileStat(stat: st)))
+            return
+        }
         var src = withCPath(sourceName) { openat(srcDir, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | clinux_o_noatime) }
         if src < 0 && errno == EPERM { src = withCPath(sourceName) { openat(srcDir, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) } }
         if src < 0 {
@@ -225,16 +236,6 @@ final class LocalCopier: Sendable {
             return
         }
         defer { Glibc.close(src) }
-        var st = stat()
-        guard fstat(src, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { batch.raced = true; return }
-        let old = inNewDirectory ? nil : Self.lstatAt(dstDir, name)
-        if let old, (old.st_mode & S_IFMT) == S_IFREG && old.st_size == st.st_size
-            && old.st_mtim.tv_sec == st.st_mtim.tv_sec && old.st_mtim.tv_nsec == st.st_mtim.tv_nsec {
-            // rsync's quick check: the same size and mtime is the same file.
-            setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
-            record?.add(p, HashedEntry(stat: FileStat(stat: st)))
-            return
-        }
         // Made with its final permission bits where the umask keeps them (no chmod then);
         // set-id and sticky bits are set after the chown, which would clear them.
         let permissions = st.st_mode & 0o777
@@ -252,6 +253,15 @@ final class LocalCopier: Sendable {
         case .readError(let code): failure = ("cannot read", code)
         case .writeError(let code): failure = ("cannot write", code)
         }
+        // The file read must be the one seen: a name replaced between the lstat and the
+        // open (by a rename over it, say) would put another file's bytes under `st`'s
+        // attributes. Then nothing is named, and the batch goes again.
+        var after = stat()
+        if failure == nil && (fstat(src, &after) != 0 || after.st_ino != st.st_ino || after.st_dev != st.st_dev
+                              || (after.st_mode & S_IFMT) != S_IFREG) {
+            batch.raced = true
+            failure = ("", 0)
+        }
         if failure == nil {
             let chown = targets.newFileOwner(dstDir, dst).map { asRoot ? $0.uid != st.st_uid || $0.gid != st.st_gid : $0.gid != st.st_gid } ?? true
             failure = applyOwnerModeTime(dst, st, chown: chown, chmod: !modeIsFinal).map { ("cannot set the attributes of", $0) }
@@ -262,7 +272,7 @@ final class LocalCopier: Sendable {
         case .cannotLink:
             // This system cannot name an unnamed file (no /proc and no CAP_DAC_READ_SEARCH):
             // from now on through a temporary name.
-            return copyFile(p, fromName: fromName, in: srcDir, to: dstDir, of: targets, inNewDirectory: inNewDirectory, deletes: deletes,
+            return copyFile(p, seen, fromName: fromName, in: srcDir, to: dstDir, of: targets, inNewDirectory: inNewDirectory, deletes: deletes,
                             &batch, abandon: abandon, record: record)
         }
         if let failure {
@@ -274,9 +284,8 @@ final class LocalCopier: Sendable {
         if let record {
             // Acknowledged only if the source is still the version copied (a write during
             // the copy has its own event).
-            var after = stat()
             let before = FileStat(stat: st)
-            let same = fstat(src, &after) == 0 && before.sameVersion(as: FileStat(stat: after)) && copied == Int64(st.st_size)
+            let same = before.sameVersion(as: FileStat(stat: after)) && copied == Int64(st.st_size)
             record.add(p, HashedEntry(stat: before, content: same ? hasher?.finish() : nil), acked: same)
         }
     }
@@ -406,7 +415,7 @@ final class LocalCopier: Sendable {
             let b = dirs.open(to.parent, create: true)
             guard b >= 0 else { return false }
             switch st.st_mode & S_IFMT {
-            case S_IFREG: copyFile(to, fromName: from.name, in: a, to: b, of: dirs, inNewDirectory: dirs.madeByThisBatch(to.parent), deletes: false,
+            case S_IFREG: copyFile(to, st, fromName: from.name, in: a, to: b, of: dirs, inNewDirectory: dirs.madeByThisBatch(to.parent), deletes: false,
                                    &batch, abandon: { false }, record: nil)
             case S_IFLNK: copySymlink(to, st, fromName: from.name, in: a, to: b, deletes: false, &batch, record: nil)
             default: return false
