@@ -33,6 +33,29 @@ final class IndexMirrorTests: XCTestCase {
         XCTFail("\(key) = \(counter(d, key)), expected >= \(value); status \(d.firstSync?.serialized() ?? "none")\n\(d.log.suffix(3000))", file: file, line: line)
     }
 
+    /// Two workers: a small change goes beside a long transfer, not behind it (a second
+    /// job waits only for a free core, and for at most `Mirror.parallelAfter`).
+    func testSmallChangeGoesBesideALongTransfer() throws {
+        let (work, src, dst) = workspace("beside-long")
+        // --bwlimit makes every batch an rsync run at 4 MB/s: the large file takes ~3 s.
+        let daemon = try DaemonProcess(arguments: [src, dst, "--max-processes", "2", "--bwlimit", "4000"], workDir: work)
+        daemon.waitCaughtUp()
+        XCTAssertTrue(writeFile(Array((src + "/large.bin").utf8), randomBytes(12 << 20)))
+        let deadline = Date().addingTimeInterval(10)
+        while counter(daemon, "in_flight") < 1 && Date() < deadline { usleep(20_000) }
+        XCTAssertGreaterThanOrEqual(counter(daemon, "in_flight"), 1, daemon.log)
+        writeFile(src, "-small 'edit'.txt", "small\n")
+        var small = false
+        while !small && Date() < deadline {
+            small = access(dst + "/-small 'edit'.txt", F_OK) == 0
+            if !small { usleep(20_000) }
+        }
+        XCTAssertTrue(small, daemon.log)
+        XCTAssertNotEqual(access(dst + "/large.bin", F_OK), 0, "the large file was done first: nothing was tested")
+        waitConverged(src, dst, daemon: daemon)
+        daemon.stop()
+    }
+
     func testLocalDedupMovesAndCopies() throws { try dedupScenario(ssh: nil) }
 
     func testSSHDedupMovesAndCopies() throws {

@@ -40,6 +40,10 @@ int clinux_statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 int clinux_set_idle_io_priority(void);
 // CPU priority (nice) of the calling thread alone.
 int clinux_set_thread_nice(int nice);
+/// CPUs this process may run on (its affinity mask).
+int clinux_usable_cpus(void);
+/// Tasks runnable system-wide right now, the caller included (/proc/loadavg); -1 if unknown.
+int clinux_runnable_tasks(void);
 
 
 // Keeps only the named capabilities (comma-separated) in the effective, permitted and

@@ -67,6 +67,11 @@ public final class Mirror: @unchecked Sendable {
         var sourceProblem: String? = nil
         /// Set when the index has paths without a content hash to fill.
         var fillRequested = false
+        /// When the copier's records are written to the index if the queue stays idle
+        /// until then (see `workerLoop`).
+        var indexWriteDue: Double? = nil
+        /// When each running job started (by ticket id).
+        var jobStarted: [Int: Double] = [:]
     }
 
     /// - Parameters:
@@ -374,40 +379,89 @@ public final class Mirror: @unchecked Sendable {
         // it leaves (rsync children inherit it).
         _ = clinux_set_thread_nice(Self.workerNice)
         state.update { $0.idle += 1 }
-        while true {
-            let ticket: ChangeQueue.Ticket? = state.wait { s in
-                if s.stopping || s.fatal != nil { return (.some(nil), nil) }
+        enum Work { case job(ChangeQueue.Ticket), writeIndex, exit }
+        loop: while true {
+            let work: Work = state.wait { s in
+                if s.stopping || s.fatal != nil { return (.exit, nil) }
                 if s.liveWorkers > s.desiredWorkers {
                     s.liveWorkers -= 1   // fewer workers after a reload
-                    return (.some(nil), nil)
+                    return (.exit, nil)
                 }
-                if !s.ready.isEmpty { return (s.ready.removeFirst(), nil) }
+                if !s.ready.isEmpty { return (.job(s.ready.removeFirst()), nil) }
                 if s.paused { return (nil, monotonicNow() + 1) }
                 let now = monotonicNow()
-                var tickets = s.queue.next(now: now, idle: s.idle)
+                // A job runs already: another starts beside it where a core is free for it,
+                // or once the first has run `parallelAfter` (a large file holds back no
+                // small change for longer). On a machine whose cores are all busy (a
+                // burst's writer and the copy beside it), a second copy would only take CPU
+                // from the user's program and from the first copy, and cost more in all.
+                var parallel = s.idle
+                if let oldest = s.jobStarted.values.min() {
+                    if now - oldest < Self.parallelAfter && s.queue.queuedCount > 0 && !Self.coresFree(1) {
+                        return (nil, oldest + Self.parallelAfter)
+                    }
+                } else if s.idle > 1 && !Self.coresFree(2) {
+                    parallel = 1
+                }
+                var tickets = s.queue.next(now: now, idle: parallel)
                 if !tickets.isEmpty {
                     let mine = tickets.removeFirst()
                     s.ready += tickets
-                    return (mine, nil)
+                    return (.job(mine), nil)
                 }
-                return (nil, s.queue.nextWakeup(now: now) ?? (now + 1))
+                let wakeup = s.queue.nextWakeup(now: now) ?? (now + 1)
+                if let due = s.indexWriteDue {
+                    if s.queue.isIdle && now >= due {
+                        s.indexWriteDue = nil
+                        return (.writeIndex, nil)
+                    }
+                    return (nil, min(wakeup, due))
+                }
+                return (nil, wakeup)
             }
-            guard let ticket else { break }
-            state.update { $0.idle -= 1 }
+            let ticket: ChangeQueue.Ticket
+            switch work {
+            case .exit: break loop
+            case .writeIndex:
+                index?.writeCopied()
+                continue loop
+            case .job(let t): ticket = t
+            }
             let started = monotonicNow()
+            state.update {
+                $0.idle -= 1
+                $0.jobStarted[ticket.id] = started
+            }
             let outcome = run(ticket)
             let now = monotonicNow()
-            let idle = state.update { s -> Bool in
+            state.update { s in
                 s.idle += 1
                 s.running[ticket.id] = nil
+                s.jobStarted[ticket.id] = nil
                 record(outcome, of: ticket, started: started, now: now, in: &s)
-                return s.queue.isIdle
+                // What the copier recorded waits for a pause (see `MirrorIndex.commitCopied`):
+                // written once the queue has stayed idle for `indexWritePause`, so that a
+                // burst the workers keep up with is written in one transaction after it.
+                if s.queue.isIdle { s.indexWriteDue = now + Self.indexWritePause }
             }
-            // What the copier recorded waits for a pause (see `MirrorIndex.commitCopied`).
-            if idle { index?.writeCopied() }
             stateChanged()
         }
         state.update { $0.idle -= 1 }
+    }
+
+    /// How long the queue stays idle before the copier's records are written.
+    static let indexWritePause = 0.2
+
+    /// How long a job runs before another starts beside it even with no core free.
+    static let parallelAfter = 0.1
+
+    private static let usableCPUs = max(1, Int(clinux_usable_cpus()))
+
+    /// True when `n` more threads would find a CPU each, counting the tasks runnable now
+    /// (the caller among them); true when that cannot be read.
+    static func coresFree(_ n: Int) -> Bool {
+        let runnable = Int(clinux_runnable_tasks())
+        return runnable < 0 || runnable - 1 + n <= usableCPUs
     }
 
     private func stateChanged() {

@@ -208,6 +208,7 @@ final class MirrorIndex: @unchecked Sendable {
         s.copied = []
         s.copiedKinds = [:]
         run(s.index) { try $0.upsert(entries) }
+        log.debug("\(name): index: \(entries.count) record(s) of the copier written")
     }
 
     /// Writes what the copier recorded (when the mirror is idle: see `commitCopied`).
@@ -391,10 +392,11 @@ final class MirrorIndex: @unchecked Sendable {
     /// Records what the local copier made or found (a batch planned with `copierRecords`).
     /// Returns true when some entries still need their content hash.
     ///
-    /// Written before the next other use of the index (so every use sees them), when the
-    /// mirror is idle (`writeCopied()`), a second after the oldest, or once `copiedLimit`
-    /// wait: during a burst the copies go first, and one transaction of many batches
-    /// rewrites the hash index's pages once instead of once per batch. A crash loses them;
+    /// Written before the next other use of the index (so every use sees them), once the
+    /// mirror's queue has stayed idle a moment (`writeCopied()`, from `Mirror.workerLoop`),
+    /// `copiedMaxAge` seconds after the oldest, or once `copiedLimit` wait: during a burst
+    /// the copies go first, and one transaction after it rewrites the hash index's pages
+    /// once instead of once per batch (and takes no CPU from the copies). A crash loses them;
     /// the start after it finds those files on the backup as it finds any the index does
     /// not know.
     func commitCopied(_ record: LocalCopier.Record) -> Bool {
@@ -405,7 +407,7 @@ final class MirrorIndex: @unchecked Sendable {
                 s.copied.append(IndexEntry(path: e.path, hashed: e.entry, acked: e.acked))
                 s.copiedKinds[e.path] = e.entry.stat.kind
             }
-            if s.copied.count >= Self.copiedLimit || now - s.copiedSince >= 1 { writeCopied(&s) }
+            if s.copied.count >= Self.copiedLimit || now - s.copiedSince >= Self.copiedMaxAge { writeCopied(&s) }
         }
         return record.entries.contains { $0.entry.content == nil && $0.entry.stat.kind == .regular }
     }
@@ -415,6 +417,8 @@ final class MirrorIndex: @unchecked Sendable {
 
     /// At most this many copied entries wait to be written (about 200 bytes each).
     static let copiedLimit = 1 << 15
+    /// Nor longer than this (seconds) while changes keep coming.
+    static let copiedMaxAge = 10.0
 
     /// A rename done on the backup.
     func renamed(from: SyncPath, to: SyncPath) {
