@@ -442,7 +442,7 @@ public final class Mirror: @unchecked Sendable {
                 // What the copier recorded waits for a pause (see `MirrorIndex.commitCopied`):
                 // written once the queue has stayed idle for `indexWritePause`, so that a
                 // burst the workers keep up with is written in one transaction after it.
-                if s.queue.isIdle { s.indexWriteDue = now + Self.indexWritePause }
+                if index != nil && s.queue.isIdle { s.indexWriteDue = now + Self.indexWritePause }
             }
             stateChanged()
         }

@@ -208,15 +208,14 @@ final class LocalCopier: Sendable {
     }
 
     /// `fromName`: the name in `srcDir` when it is not `p`'s own (a copy inside the backup).
-    /// `seen`: what `lstat` found at that name (a regular file); the file opened is checked
+    /// `st`: what `lstat` found at that name (a regular file); the file opened is checked
     /// to be that inode once copied, so no second `fstat` is needed before the copy.
     /// `inNewDirectory`: `dstDir` was made by this batch (nothing stands at the name but
     /// what the batch put there).
-    private func copyFile(_ p: SyncPath, _ seen: stat, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, of targets: DirectoryCache,
+    private func copyFile(_ p: SyncPath, _ st: stat, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, of targets: DirectoryCache,
                           inNewDirectory: Bool, deletes: Bool, _ batch: inout Batch, abandon: () -> Bool, record: Record?) {
         let name = p.name
         let sourceName = fromName ?? name
-        let st = seen
         let old = inNewDirectory ? nil : Self.lstatAt(dstDir, name)
         if let old, (old.st_mode & S_IFMT) == S_IFREG && old.st_size == st.st_size
             && old.st_mtim.tv_sec == st.st_mtim.tv_sec && old.st_mtim.tv_nsec == st.st_mtim.tv_nsec {
@@ -272,7 +271,7 @@ final class LocalCopier: Sendable {
         case .cannotLink:
             // This system cannot name an unnamed file (no /proc and no CAP_DAC_READ_SEARCH):
             // from now on through a temporary name.
-            return copyFile(p, seen, fromName: fromName, in: srcDir, to: dstDir, of: targets, inNewDirectory: inNewDirectory, deletes: deletes,
+            return copyFile(p, st, fromName: fromName, in: srcDir, to: dstDir, of: targets, inNewDirectory: inNewDirectory, deletes: deletes,
                             &batch, abandon: abandon, record: record)
         }
         if let failure {
