@@ -261,6 +261,10 @@ int clinux_link_unnamed(int fd, int dirfd, const char *name) {
     return linkat(AT_FDCWD, proc, dirfd, name, AT_SYMLINK_FOLLOW);
 }
 
+int clinux_rename_noreplace(int olddirfd, const char *oldname, int newdirfd, const char *newname) {
+    return renameat2(olddirfd, oldname, newdirfd, newname, RENAME_NOREPLACE);
+}
+
 int clinux_fset_mtime(int fd, int64_t sec, long nsec) {
     struct timespec t[2] = { { .tv_sec = 0, .tv_nsec = UTIME_OMIT }, { .tv_sec = (time_t)sec, .tv_nsec = nsec } };
     return futimens(fd, t);

@@ -81,6 +81,7 @@ final class LocalCopierTests: XCTestCase {
         listed.append(SyncPath("empty-dir"))
         XCTAssertEqual(withCPath(path(source, "fifo")) { mkfifo($0, 0o640) }, 0)
         listed.append(SyncPath("fifo"))
+        listed += try makeNewTree("new-dir")
         // Type changes against the backup made in `makeBackup`.
         try write(path(source, "was-dir"), Array("now a file\n".utf8))
         try mkdirs(path(source, "was-file"))
@@ -94,6 +95,34 @@ final class LocalCopierTests: XCTestCase {
         // Deleted on the source: a file, a directory tree, something never on the backup.
         listed += ["gone-file", "gone-dir", "never-existed", "gone-parent/child"].map { SyncPath($0) }
         return listed
+    }
+
+    /// A listed directory new to the backup (written hidden, see `LocalCopier.makeDirectory`)
+    /// with hostile names, a listed subdirectory, a symlink and a fifo in it, its own mode
+    /// and mtimes; the paths a batch names for it.
+    private func makeNewTree(_ top: String) throws -> [SyncPath] {
+        var listed = [SyncPath(top), SyncPath(top + "/sub")]
+        try mkdirs(path(source, top + "/sub"), mode: 0o751)
+        for (i, n) in Self.hostile.enumerated() {
+            let rel = Array((i % 2 == 0 ? top : top + "/sub").utf8) + [0x2F] + n
+            try write(source + [0x2F] + rel, Array(repeating: UInt8(i), count: 1 + i * 300), mode: [0o644, 0o600, 0o4755][i % 3],
+                      mtime: 1_610_000_000_000_000_000 + Int64(i))
+            listed.append(SyncPath(bytes: rel))
+        }
+        try RulesTestSupport.symlink(target: Array("../outside".utf8), at: path(source, top + "/sub/link"))
+        XCTAssertEqual(withCPath(path(source, top + "/fifo")) { mkfifo($0, 0o600) }, 0)
+        listed += [SyncPath(top + "/sub/link"), SyncPath(top + "/fifo")]
+        setMtime(path(source, top + "/sub"), 1_620_000_000_000_000_000)
+        setMtime(path(source, top), 1_620_000_000_000_000_001)
+        return listed
+    }
+
+    /// `snapshot` without the root's own entry (its mtime is not a batch's to set).
+    private func contents(_ root: [UInt8]) -> [String: String] { snapshot(root).filter { !$0.key.isEmpty } }
+
+    /// The names in the backup directory `dir` (for temporary ones left behind).
+    private func names(_ dir: [UInt8]) -> [String] {
+        snapshot(dir).keys.filter { !$0.isEmpty && !$0.contains("/") }.sorted()
     }
 
     /// A backup that disagrees with the source in every way a backup can.
@@ -290,6 +319,97 @@ final class LocalCopierTests: XCTestCase {
         XCTAssertEqual(byPath["d"]?.entry.stat.kind, .directory)
         XCTAssertTrue(record.entries.allSatisfy(\.acked))
         XCTAssertEqual(RulesTestSupport.readFile(path(b, "d/large")), large)
+    }
+
+    /// A new directory appears on the backup whole: while the batch writes in it, it is
+    /// there only under a temporary name; named, it holds everything, with the source's
+    /// modes and mtimes.
+    func testNewDirectoryAppearsWhole() throws {
+        let b = dir + Array("/backup".utf8)
+        try mkdirs(b)
+        let listed = try makeNewTree("new") + [SyncPath("z-after")]
+        try write(path(source, "z-after"), Array("after".utf8))
+        let t = try transport(b, .auto)
+        var asked = 0, seenWhileWriting: [String] = []
+        let outcome = t.sync(listed, deletes: true, abandon: {
+            asked += 1
+            if asked == 5 { seenWhileWriting = self.names(b) }
+            return false
+        })
+        guard case .done(let files, _, 0) = outcome else { return XCTFail("\(outcome)") }
+        XCTAssertEqual(files, Self.hostile.count + 1)
+        XCTAssertEqual(seenWhileWriting.count, 1, "\(seenWhileWriting)")
+        XCTAssertTrue(seenWhileWriting.first?.hasPrefix(".new.") ?? false, "\(seenWhileWriting): only the hidden directory")
+        XCTAssertEqual(contents(b), contents(source), "the same tree, modes and mtimes")
+    }
+
+    /// Another batch makes the same directory, with its own files, while this one writes
+    /// the hidden one: the two are merged, nothing of either lost, nothing temporary left.
+    func testHiddenDirectoryMergesWithOneMadeMeanwhile() throws {
+        let b = dir + Array("/backup".utf8)
+        try mkdirs(b)
+        let listed = try makeNewTree("new")
+        // Theirs: a file of the same directory the other batch copies, and one in `sub`.
+        try write(path(source, "new/theirs"), Array("theirs".utf8))
+        try write(path(source, "new/sub/theirs too"), Array("theirs too".utf8))
+        let t = try transport(b, .auto)
+        var asked = 0
+        let outcome = t.sync(listed, deletes: true, abandon: {
+            asked += 1
+            if asked == 4 {
+                let other = try! self.transport(b, .auto)
+                guard case .done(2, _, _) = other.sync([SyncPath("new/theirs"), SyncPath("new/sub/theirs too")], deletes: true) else {
+                    XCTFail("the other batch")
+                    return false
+                }
+            }
+            return false
+        })
+        guard case .done = outcome else { return XCTFail("\(outcome)") }
+        XCTAssertGreaterThan(asked, 4)
+        XCTAssertEqual(names(b), ["new"], "no temporary directory left")
+        XCTAssertEqual(contents(b), contents(source), "both batches' files, the source's modes and mtimes")
+    }
+
+    /// Where a file takes the directory's name meanwhile (the source changed type), the
+    /// batch goes again and leaves nothing temporary; the next one puts the directory there.
+    func testHiddenDirectoryWhoseNameAFileTook() throws {
+        let b = dir + Array("/backup".utf8)
+        try mkdirs(b)
+        let listed = try makeNewTree("new")
+        let t = try transport(b, .auto)
+        var asked = 0
+        let outcome = t.sync(listed, deletes: true, abandon: {
+            asked += 1
+            if asked == 3 { try? self.write(self.path(b, "new"), Array("a file".utf8)) }
+            return false
+        })
+        guard case .failed(_, false, true) = outcome else { return XCTFail("a transient failure, not \(outcome)") }
+        XCTAssertEqual(names(b), ["new"], "the file; no temporary directory")
+        guard case .done = t.sync(listed, deletes: true) else { return XCTFail("again") }
+        XCTAssertEqual(contents(b), contents(source))
+    }
+
+    /// A stop in the middle of a new directory: what was complete takes its place (the
+    /// queue still holds the rest), no partial file, no temporary directory.
+    func testStopInANewDirectory() throws {
+        let b = dir + Array("/backup".utf8)
+        try mkdirs(b)
+        try mkdirs(path(source, "new"))
+        let big = [UInt8](repeating: 5, count: (9 << 20) + 3)   // two chunks: a stop between them
+        try write(path(source, "new/a"), Array("complete".utf8))
+        try write(path(source, "new/b"), big)
+        try write(path(source, "new/c"), Array("not reached".utf8))
+        let t = try transport(b, .auto)
+        var asked = 0
+        let outcome = t.sync(["new", "new/a", "new/b", "new/c"].map { SyncPath($0) }, deletes: true, abandon: {
+            asked += 1
+            return asked > 3   // before `new`, `new/a`, `new/b`; then inside `new/b`
+        })
+        guard case .failed = outcome else { return XCTFail("\(outcome)") }
+        XCTAssertEqual(names(b), ["new"])
+        XCTAssertEqual(snapshot(b).keys.sorted(), ["", "new", "new/a"])
+        XCTAssertEqual(RulesTestSupport.readFile(path(b, "new/a")), Array("complete".utf8))
     }
 
     func testTemporaryNamesFitAndDiffer() {

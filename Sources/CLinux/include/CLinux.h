@@ -65,6 +65,9 @@ int clinux_open_unnamed(int dirfd, mode_t mode);
 // which needs CAP_DAC_READ_SEARCH; without it, through /proc/self/fd); -1 with errno
 // (EEXIST when the name is taken).
 int clinux_link_unnamed(int fd, int dirfd, const char *name);
+// renameat2(2) with RENAME_NOREPLACE: EEXIST when `newname` is taken; EINVAL where the
+// filesystem cannot (the caller then checks and renames).
+int clinux_rename_noreplace(int olddirfd, const char *oldname, int newdirfd, const char *newname);
 // pipe2(fds, O_CLOEXEC).
 int clinux_pipe_cloexec(int fds[2]);
 

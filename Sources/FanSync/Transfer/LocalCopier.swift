@@ -129,11 +129,14 @@ final class LocalCopier: Sendable {
         let targets = DirectoryCache(root: targetRoot, quiet: quiet)
         defer { targets.close() }   // before the root's descriptor
         var batch = Batch()
+        var stopped = false
         for p in paths.sorted() {
-            if abandon() { return .failed("stopped before the batch was complete", targetUnreachable: false) }
+            if abandon() { stopped = true; break }
             copy(p, sources, targets, deletes: deletes, &batch, abandon: abandon, record: record)
         }
-        if abandon() { return .failed("stopped before the batch was complete", targetUnreachable: false) }
+        // What it holds is complete (a file cut short is not in it).
+        nameHiddenDirectory(targets, &batch)
+        if stopped || abandon() { return .failed("stopped before the batch was complete", targetUnreachable: false) }
         setDirectoryAttributes(batch.directories, sources, targets, &batch)
         if let first = batch.errors.first {
             let more = batch.errors.count > 1 ? " (and \(batch.errors.count - 1) more)" : ""
@@ -151,6 +154,8 @@ final class LocalCopier: Sendable {
             batch.directories.insert(.root)
             return
         }
+        // Sorted paths: one outside the hidden directory means its paths are done.
+        if let h = targets.hidden, !p.isInside(h.path) { nameHiddenDirectory(targets, &batch) }
         let parent = p.parent
         let name = p.name
         let srcDir = sources.open(parent)
@@ -180,40 +185,114 @@ final class LocalCopier: Sendable {
         case S_IFDIR:
             makeDirectory(p, in: dstDir, of: targets, deletes: deletes, &batch)
         case S_IFREG:
-            return copyFile(p, st, in: srcDir, to: dstDir, of: targets, inNewDirectory: targets.madeByThisBatch(parent), deletes: deletes,
-                            &batch, abandon: abandon, record: record)
+            return copyFile(p, st, in: srcDir, to: dstDir, of: targets, inNewDirectory: targets.madeByThisBatch(parent),
+                            hidden: targets.isHidden(parent), deletes: deletes, &batch, abandon: abandon, record: record)
         case S_IFLNK:
-            copySymlink(p, st, in: srcDir, to: dstDir, deletes: deletes, &batch, record: record)
+            copySymlink(p, st, in: srcDir, to: dstDir, hidden: targets.isHidden(parent), deletes: deletes, &batch, record: record)
             return
         default:
-            copySpecial(p, st, to: dstDir, deletes: deletes, &batch)
+            copySpecial(p, st, to: dstDir, hidden: targets.isHidden(parent), deletes: deletes, &batch)
         }
         if let record, batch.errors.count == failures { record.add(p, HashedEntry(stat: FileStat(stat: st))) }
     }
 
     // MARK: Each kind
 
+    /// A directory new on the backup is made under a temporary name (`.name.XXXXXX`, 0700)
+    /// and takes its name once the batch has put in it what it has for it (when the sorted
+    /// paths leave it, or at the batch's end: `nameHiddenDirectory`). Until then nothing in it
+    /// is seen under a final path, so its files are written under their own names, with
+    /// no temporary name or unnamed file each (a burst's directories are mostly new).
     private func makeDirectory(_ p: SyncPath, in dstDir: Int32, of targets: DirectoryCache, deletes: Bool, _ batch: inout Batch) {
         batch.directories.insert(p)
         let name = p.name
-        if let old = Self.lstatAt(dstDir, name) {
+        let hidden = targets.isHidden(p.parent)
+        if !hidden, let old = Self.lstatAt(dstDir, name) {
             if (old.st_mode & S_IFMT) == S_IFDIR { return }
             if withCPath(name, { unlinkat(dstDir, $0, 0) }) != 0 { return batch.fail("cannot replace", p, errno) }
         }
-        if withCPath(name, { mkdirat(dstDir, $0, 0o700) }) == 0 {
-            targets.made(p)
-        } else if errno != EEXIST {
-            batch.fail("cannot make", p, errno)
+        if hidden {
+            if withCPath(name, { mkdirat(dstDir, $0, 0o700) }) == 0 {
+                targets.made(p)
+            } else if errno != EEXIST {
+                batch.fail("cannot make", p, errno)
+            }
+            return
         }
+        guard let (temp, _) = createTemporary(for: name, in: dstDir, p, &batch, { mkdirat(dstDir, $0, 0o700) }) else { return }
+        let fd = withCPath(temp) { openat(dstDir, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        if fd < 0 {
+            batch.fail("cannot make", p, errno)
+            _ = withCPath(temp) { unlinkat(dstDir, $0, AT_REMOVEDIR) }
+            return
+        }
+        targets.hide(p, temp: temp, fd: fd)
+    }
+
+    /// Gives the hidden directory its name: renamed into place where the name is free; where
+    /// a directory stands there now (another batch made it for its own files), what the
+    /// hidden one holds is moved into it, entry by entry. What cannot be placed (the name
+    /// taken by a file or a symlink: the source changed meanwhile) makes the batch go again.
+    private func nameHiddenDirectory(_ targets: DirectoryCache, _ batch: inout Batch) {
+        guard let h = targets.unhide() else { return }
+        defer { targets.release(h.fd) }
+        let name = h.path.name
+        let parent = targets.open(h.path.parent)
+        if parent < 0 {
+            // Moved or deleted on the backup meanwhile: its own events follow.
+            batch.raced = true
+            return
+        }
+        var e = withCPath(h.temp) { a in withCPath(name) { b in clinux_rename_noreplace(parent, a, parent, b) == 0 ? 0 : errno } }
+        if e == EINVAL && Self.lstatAt(parent, name) == nil {
+            // A filesystem without RENAME_NOREPLACE, and the name free.
+            e = withCPath(h.temp) { a in withCPath(name) { b in renameat(parent, a, parent, b) == 0 ? 0 : errno } }
+        }
+        if e == 0 { return }
+        if e == EEXIST || e == EINVAL || e == ENOTEMPTY {
+            let into = withCPath(name) { openat(parent, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            if into < 0 || !Self.moveEntries(from: h.fd, into: into) { batch.raced = true }
+            if into >= 0 { Glibc.close(into) }
+        } else {
+            batch.fail("cannot rename into place", h.path, e)
+        }
+        _ = Self.removeTree(h.temp, in: parent)
+    }
+
+    /// Moves each entry of the directory `from` into `into`, never over one there: a
+    /// directory into the directory of the same name, entry by entry. False when some could
+    /// not be moved (they stay in `from`).
+    static func moveEntries(from: Int32, into: Int32) -> Bool {
+        let fd = openat(from, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0, let stream = fdopendir(fd) else {
+            if fd >= 0 { Glibc.close(fd) }
+            return false
+        }
+        defer { closedir(stream) }
+        var complete = true
+        for n in directoryNames(stream) {
+            if withCPath(n, { a in clinux_rename_noreplace(from, a, into, a) }) == 0 { continue }
+            guard errno == EEXIST,
+                  let mine = lstatAt(from, n), (mine.st_mode & S_IFMT) == S_IFDIR,
+                  let theirs = lstatAt(into, n), (theirs.st_mode & S_IFMT) == S_IFDIR
+            else { complete = false; continue }
+            let a = withCPath(n) { openat(from, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            let b = withCPath(n) { openat(into, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            if a >= 0 && b >= 0 { complete = moveEntries(from: a, into: b) && complete } else { complete = false }
+            if a >= 0 { Glibc.close(a) }
+            if b >= 0 { Glibc.close(b) }
+        }
+        return complete
     }
 
     /// `fromName`: the name in `srcDir` when it is not `p`'s own (a copy inside the backup).
     /// `st`: what `lstat` found at that name (a regular file); the file opened is checked
     /// to be that inode once copied, so no second `fstat` is needed before the copy.
     /// `inNewDirectory`: `dstDir` was made by this batch (nothing stands at the name but
-    /// what the batch put there).
+    /// what the batch put there). `hidden`: it is in the hidden directory (the file is
+    /// written under its own name).
     private func copyFile(_ p: SyncPath, _ st: stat, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, of targets: DirectoryCache,
-                          inNewDirectory: Bool, deletes: Bool, _ batch: inout Batch, abandon: () -> Bool, record: Record?) {
+                          inNewDirectory: Bool, hidden: Bool = false, deletes: Bool, _ batch: inout Batch, abandon: () -> Bool, record: Record?) {
         let name = p.name
         let sourceName = fromName ?? name
         let old = inNewDirectory ? nil : Self.lstatAt(dstDir, name)
@@ -239,7 +318,7 @@ final class LocalCopier: Sendable {
         // set-id and sticky bits are set after the chown, which would clear them.
         let permissions = st.st_mode & 0o777
         let modeIsFinal = umask.map { st.st_mode & 0o7000 == 0 && permissions & $0 == 0 } ?? false
-        guard let out = openOutput(for: name, in: dstDir, nameIsFree: old == nil, mode: modeIsFinal ? permissions : 0o600, p, &batch)
+        guard let out = openOutput(for: name, in: dstDir, nameIsFree: old == nil, hidden: hidden, mode: modeIsFinal ? permissions : 0o600, p, &batch)
         else { return }
         let dst = out.fd
         var copied: Int64 = 0
@@ -271,8 +350,8 @@ final class LocalCopier: Sendable {
         case .cannotLink:
             // This system cannot name an unnamed file (no /proc and no CAP_DAC_READ_SEARCH):
             // from now on through a temporary name.
-            return copyFile(p, st, fromName: fromName, in: srcDir, to: dstDir, of: targets, inNewDirectory: inNewDirectory, deletes: deletes,
-                            &batch, abandon: abandon, record: record)
+            return copyFile(p, st, fromName: fromName, in: srcDir, to: dstDir, of: targets, inNewDirectory: inNewDirectory, hidden: hidden,
+                            deletes: deletes, &batch, abandon: abandon, record: record)
         }
         if let failure {
             if failure.1 != 0 { batch.fail(failure.0, p, failure.1) }
@@ -289,8 +368,8 @@ final class LocalCopier: Sendable {
         }
     }
 
-    private func copySymlink(_ p: SyncPath, _ st: stat, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, deletes: Bool,
-                             _ batch: inout Batch, record: Record?) {
+    private func copySymlink(_ p: SyncPath, _ st: stat, fromName: [UInt8]? = nil, in srcDir: Int32, to dstDir: Int32, hidden: Bool = false,
+                             deletes: Bool, _ batch: inout Batch, record: Record?) {
         let name = p.name
         guard let link = Self.readLink(srcDir, fromName ?? name) else {
             if errno == EINVAL { batch.raced = true } else if errno != ENOENT { batch.fail("cannot read", p, errno) }
@@ -302,36 +381,37 @@ final class LocalCopier: Sendable {
                 record.add(p, HashedEntry(stat: FileStat(stat: st), linkTarget: link, content: ContentHash.of(link)))
             }
         }
-        let old = Self.lstatAt(dstDir, name)
+        let old = hidden ? nil : Self.lstatAt(dstDir, name)
         if let old, (old.st_mode & S_IFMT) == S_IFLNK && Self.readLink(dstDir, name) == link {
             setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
             return
         }
-        guard let (temp, _) = createTemporary(for: name, in: dstDir, p, &batch, { tmp in
+        guard let (temp, _) = createTemporary(for: name, in: dstDir, orAsIs: hidden, p, &batch, { tmp in
             withCPath(link) { symlinkat($0, dstDir, tmp) }
         }) else { return }
         finishTemporary(temp, name, st, in: dstDir, existing: old, deletes: deletes, p, &batch)
     }
 
     /// Devices, fifos and sockets: made again with the source's type and device number.
-    private func copySpecial(_ p: SyncPath, _ st: stat, to dstDir: Int32, deletes: Bool, _ batch: inout Batch) {
+    private func copySpecial(_ p: SyncPath, _ st: stat, to dstDir: Int32, hidden: Bool, deletes: Bool, _ batch: inout Batch) {
         let name = p.name
-        let old = Self.lstatAt(dstDir, name)
+        let old = hidden ? nil : Self.lstatAt(dstDir, name)
         if let old, (old.st_mode & S_IFMT) == (st.st_mode & S_IFMT) && old.st_rdev == st.st_rdev {
             setAttributes(of: name, in: dstDir, from: st, current: old, p, &batch)
             return
         }
-        guard let (temp, _) = createTemporary(for: name, in: dstDir, p, &batch, { tmp in
+        guard let (temp, _) = createTemporary(for: name, in: dstDir, orAsIs: hidden, p, &batch, { tmp in
             mknodat(dstDir, tmp, (st.st_mode & S_IFMT) | 0o600, st.st_rdev)
         }) else { return }
         finishTemporary(temp, name, st, in: dstDir, existing: old, deletes: deletes, p, &batch)
     }
 
-    /// Owner, mode and mtime of a made symlink or special file, then the rename over `name`.
+    /// Owner, mode and mtime of a made symlink or special file, then the rename over `name`
+    /// (none when it was made as `name`, in the hidden directory).
     private func finishTemporary(_ temp: [UInt8], _ name: [UInt8], _ st: stat, in dstDir: Int32, existing: stat?,
                                  deletes: Bool, _ p: SyncPath, _ batch: inout Batch) {
         setAttributes(of: temp, in: dstDir, from: st, current: nil, p, &batch)
-        replaceOrRemove(temp, name, in: dstDir, existing: existing, deletes: deletes, p, &batch)
+        if temp != name { replaceOrRemove(temp, name, in: dstDir, existing: existing, deletes: deletes, p, &batch) }
     }
 
     // MARK: Deletes
@@ -439,9 +519,15 @@ final class LocalCopier: Sendable {
     private static let pidBits = UInt64(UInt32(bitPattern: getpid())) << 32
 
     /// Makes `.name.XXXXXX` in `dir` with `make` (which returns a negative value and errno on
-    /// failure); returns its name and what `make` returned.
-    private func createTemporary(for name: [UInt8], in dir: Int32, _ p: SyncPath, _ batch: inout Batch,
+    /// failure); returns its name and what `make` returned. `orAsIs`: `name` itself first
+    /// (in the hidden directory, where it is free).
+    private func createTemporary(for name: [UInt8], in dir: Int32, orAsIs: Bool = false, _ p: SyncPath, _ batch: inout Batch,
                                  _ make: (UnsafePointer<CChar>) -> Int32) -> ([UInt8], Int32)? {
+        if orAsIs {
+            let r = withCPath(name) { make($0) }
+            if r >= 0 { return (name, r) }
+            if errno != EEXIST { batch.fail("cannot create", p, errno); return nil }
+        }
         for _ in 0..<100 {
             let n = Self.serial.wrappingAdd(1, ordering: .relaxed).newValue &+ Self.pidBits
             let temp = Self.temporaryName(for: name, suffix: n)
@@ -459,15 +545,21 @@ final class LocalCopier: Sendable {
     /// copy cut short leaves nothing behind); else a temporary `.name.XXXXXX`, renamed over it.
     private struct Output {
         let fd: Int32
-        /// Nil for an unnamed file.
+        /// Nil for an unnamed file; the name itself in the hidden directory.
         let temp: [UInt8]?
     }
 
     /// False once the target's filesystem refused an unnamed file, or one could not be linked.
     private let unnamedFiles = Atomic<Bool>(true)
 
-    private func openOutput(for name: [UInt8], in dir: Int32, nameIsFree: Bool, mode: mode_t, _ p: SyncPath,
+    private func openOutput(for name: [UInt8], in dir: Int32, nameIsFree: Bool, hidden: Bool, mode: mode_t, _ p: SyncPath,
                             _ batch: inout Batch) -> Output? {
+        if hidden {
+            guard let (made, fd) = createTemporary(for: name, in: dir, orAsIs: true, p, &batch, { n in
+                openat(dir, n, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+            }) else { return nil }
+            return Output(fd: fd, temp: made)
+        }
         if nameIsFree && unnamedFiles.load(ordering: .relaxed) {
             let fd = clinux_open_unnamed(dir, mode)
             if fd >= 0 { return Output(fd: fd, temp: nil) }
@@ -509,6 +601,7 @@ final class LocalCopier: Sendable {
         }
         let closed = Glibc.close(out.fd) == 0 ? 0 : errno
         if complete && closed == 0 {
+            if temp == name { return .named }   // in the hidden directory
             return replaceOrRemove(temp, name, in: dir, existing: existing, deletes: deletes, p, &batch) ? .named : .failed(("", 0))
         }
         _ = withCPath(temp) { unlinkat(dir, $0, 0) }
@@ -729,6 +822,14 @@ private final class DirectoryCache {
     /// Directories this cache made (empty then: what is in them is what its batch put there,
     /// each path once).
     private var made = Set<SyncPath>()
+    /// A directory the batch made under a temporary name, open, with what the batch
+    /// writes in it (see `LocalCopier.makeDirectory`); its paths are opened beneath it.
+    struct Hidden {
+        let path: SyncPath
+        let temp: [UInt8]
+        let fd: Int32
+    }
+    private(set) var hidden: Hidden? = nil
     private static let capacity = 8
     /// Mode of the directories `open(_:create:)` makes (0700 in a batch: their attributes
     /// are set from the source at its end).
@@ -743,14 +844,44 @@ private final class DirectoryCache {
 
     /// Closes what is open (not the root) and lifts the ignore marks.
     func close() {
+        if let h = unhide() { release(h.fd) }
         for fd in open.values { release(fd) }
         open.removeAll()
         order.removeAll()
         quiet?.resume(root)
     }
 
-    deinit { for fd in open.values { release(fd) } }
+    deinit {
+        for fd in open.values { release(fd) }
+        if let hidden { release(hidden.fd) }
+    }
 
+    /// True when `dir` is the hidden directory or inside it.
+    func isHidden(_ dir: SyncPath) -> Bool { hidden.map { dir.isInside($0.path) } ?? false }
+
+    /// `path` was just made as `temp` (open as `fd`, which the cache now owns) in its
+    /// parent; what is beneath `path` is opened there until `unhide()`.
+    func hide(_ path: SyncPath, temp: [UInt8], fd: Int32) {
+        precondition(hidden == nil)
+        quiet?.quiet(fd)
+        hidden = Hidden(path: path, temp: temp, fd: fd)
+        made.insert(path)
+    }
+
+    /// Ends the hidden directory, before it is named: what was open beneath it is closed
+    /// and nothing in it counts as made (a merge may bring other entries in). The caller
+    /// names it, then `release`s its descriptor.
+    func unhide() -> Hidden? {
+        guard let h = hidden else { return nil }
+        hidden = nil
+        if last?.fd == h.fd { last = nil }
+        for dir in order where dir.isInside(h.path) {
+            if let fd = open.removeValue(forKey: dir) { release(fd) }
+        }
+        order.removeAll { open[$0] == nil }
+        made = made.filter { !$0.isInside(h.path) }
+        return h
+    }
     /// True when `dir` was made by this cache's batch (`open(_:create:)` or `made(_:)`).
     func madeByThisBatch(_ dir: SyncPath) -> Bool { !made.isEmpty && made.contains(dir) }
 
@@ -766,7 +897,7 @@ private final class DirectoryCache {
         return (st.st_uid, st.st_gid)
     }
 
-    private func release(_ fd: Int32) {
+    func release(_ fd: Int32) {
         if last?.fd == fd { last = nil }
         newFileOwners[fd] = nil
         quiet?.resume(fd)
@@ -783,11 +914,21 @@ private final class DirectoryCache {
             last = (dir, fd)
             return fd
         }
-        var fd = withCPath(dir.bytes) { clinux_open_beneath_nofollow(root, $0, O_RDONLY | O_DIRECTORY) }
+        // Beneath the hidden directory, or the root.
+        var base = (fd: root, path: SyncPath.root)
+        if let h = hidden, dir.isInside(h.path) {
+            if dir == h.path {
+                last = (dir, h.fd)
+                return h.fd
+            }
+            base = (h.fd, h.path)
+        }
+        let relative = dir.rebased(from: base.path, to: .root)!
+        var fd = withCPath(relative.bytes) { clinux_open_beneath_nofollow(base.fd, $0, O_RDONLY | O_DIRECTORY) }
         if fd < 0 {
             lastError = errno
             guard create, lastError == ENOENT || lastError == ENOTDIR || lastError == ELOOP else { return -1 }
-            fd = make(dir)
+            fd = make(relative, beneath: base)
             if fd < 0 { return -1 }
         }
         if order.count >= Self.capacity {
@@ -801,18 +942,18 @@ private final class DirectoryCache {
         return fd
     }
 
-    /// Walks `dir` from the root, making what is missing and replacing what is not a
-    /// directory.
-    private func make(_ dir: SyncPath) -> Int32 {
-        var current = root
-        var path = SyncPath.root
+    /// Walks `dir` from `base` (the root or the hidden directory), making what is missing
+    /// and replacing what is not a directory.
+    private func make(_ dir: SyncPath, beneath base: (fd: Int32, path: SyncPath)) -> Int32 {
+        var current = base.fd
+        var path = base.path
         for component in dir.components {
             let name = Array(component)
             path = path.appending(name)
             var next = withCPath(name) { openat(current, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             if next < 0 && (errno == ENOTDIR || errno == ELOOP) {
                 // A file or a symlink where the source has a directory.
-                if withCPath(name, { unlinkat(current, $0, 0) }) != 0 && errno != ENOENT { return fail(current) }
+                if withCPath(name, { unlinkat(current, $0, 0) }) != 0 && errno != ENOENT { return fail(current, base.fd) }
                 next = -1
                 errno = ENOENT
             }
@@ -820,20 +961,20 @@ private final class DirectoryCache {
                 if withCPath(name, { mkdirat(current, $0, newDirectoryMode) }) == 0 {
                     made.insert(path)
                 } else if errno != EEXIST {
-                    return fail(current)
+                    return fail(current, base.fd)
                 }
                 next = withCPath(name) { openat(current, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             }
-            if next < 0 { return fail(current) }
-            if current != root { Glibc.close(current) }
+            if next < 0 { return fail(current, base.fd) }
+            if current != base.fd { Glibc.close(current) }
             current = next
         }
         return current
     }
 
-    private func fail(_ current: Int32) -> Int32 {
+    private func fail(_ current: Int32, _ base: Int32) -> Int32 {
         lastError = errno
-        if current != root { Glibc.close(current) }
+        if current != base { Glibc.close(current) }
         return -1
     }
 }
