@@ -9,8 +9,12 @@ import Synchronization
 ///
 /// What rsync does, it does: a file whose size and mtime match is left alone (its mode and
 /// owner set when they differ); any other goes through a temporary `.name.XXXXXX` in its
-/// directory, renamed over the old one once complete (the backup never shows a partial
-/// file), with mode, owner (as root), group and mtime; symlinks are copied as links, devices,
+/// directory (or an unnamed file), renamed over the old one once complete (the backup never
+/// shows a partial file), with mode, owner (as root), group and mtime. A directory new on
+/// the backup is itself made under a temporary name and renamed into place with what the
+/// batch put in it, which is then written under final names (`makeDirectory`); a kill
+/// leaves it behind as rsync leaves its temporary files, and the full sync after an unclean
+/// stop deletes it. Symlinks are copied as links, devices,
 /// fifos and sockets made again; a listed path missing on the source is deleted on the
 /// backup (a directory with everything in it); the directories on the way to each path
 /// ("implied directories") and the listed ones get the source's mode, owner and mtime, the
