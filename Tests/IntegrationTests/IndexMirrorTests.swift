@@ -56,6 +56,36 @@ final class IndexMirrorTests: XCTestCase {
         daemon.stop()
     }
 
+    /// The background hashing of what a tree sync recorded waits until nothing is queued or
+    /// being sent: a burst keeps the CPU and the index for its copies.
+    func testFillWaitsForTransfersToEnd() throws {
+        let (work, src, dst) = workspace("fill-waits")
+        // --bwlimit makes every batch an rsync run at 4 MB/s.
+        let daemon = try DaemonProcess(arguments: [src, dst, "--bwlimit", "4000"], workDir: work)
+        daemon.waitCaughtUp()
+        // A directory moved into the source is a tree sync (~1 s here), whose files the
+        // fill then hashes; a large file written meanwhile is sent after it (~3 s).
+        let staged = work + "/staged"
+        mkdir(staged, 0o755)
+        mkdirs(staged, "moved in")
+        for i in 0..<40 { writeFile(staged, "moved in/f\(i) 'x'", "file \(i)\n") }
+        XCTAssertTrue(writeFile(Array((staged + "/moved in/big").utf8), randomBytes(4 << 20)))
+        XCTAssertEqual(renamePath(Array((staged + "/moved in").utf8), Array((src + "/moved in").utf8)), 0)
+        let deadline = Date().addingTimeInterval(10)
+        while counter(daemon, "in_flight") < 1 && Date() < deadline { usleep(20_000) }
+        XCTAssertTrue(writeFile(Array((src + "/large.bin").utf8), randomBytes(12 << 20)))
+        waitConverged(src, dst, daemon: daemon)
+        daemon.waitCaughtUp()
+        let log = daemon.log
+        guard let tree = log.range(of: "resynced moved in"),
+              let large = log.range(of: "sent batch of 1 path(s): 1 file(s)", range: tree.upperBound..<log.endIndex)
+        else { return XCTFail("the tree sync, then the large file, expected in the log:\n\(log)") }
+        let fill = log.range(of: "recorded by the full sync", range: tree.upperBound..<log.endIndex)
+        XCTAssertNotNil(fill, "the moved files were not hashed:\n\(log)")
+        if let fill { XCTAssertGreaterThan(fill.lowerBound, large.upperBound, "hashed while the large file was sent:\n\(log)") }
+        daemon.stop()
+    }
+
     func testLocalDedupMovesAndCopies() throws { try dedupScenario(ssh: nil) }
 
     func testSSHDedupMovesAndCopies() throws {

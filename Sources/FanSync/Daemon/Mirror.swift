@@ -205,10 +205,22 @@ public final class Mirror: @unchecked Sendable {
                 if s.fillRequested { s.fillRequested = false; return (true, nil) }
                 return (nil, nil)
             }
-            guard go, let index else { return }
+            guard go, let index, waitForQuietQueue() else { return }
             let began = monotonicNow()
-            let n = index.fillHashes(stop: { [self] in isStopping })
+            let n = index.fillHashes(stop: { [self] in !waitForQuietQueue() })
             if n > 0 { log.info("\(config.name): index: hashed \(n) file(s) recorded by the full sync in \(format3(monotonicNow() - began)) s") }
+        }
+    }
+
+    /// Blocks until no change waits or is being sent and the copier's records are written;
+    /// false once stopping. The fill hashes between bursts, never during one: it would take
+    /// CPU from the copies and, using the index, write the copier's waiting records in the
+    /// middle of the burst (after which each new path is looked up in the index).
+    private func waitForQuietQueue() -> Bool {
+        state.wait { s in
+            if s.stopping { return (false, nil) }
+            if s.queue.isIdle && s.indexWriteDue == nil { return (true, nil) }
+            return (nil, monotonicNow() + Self.indexWritePause)
         }
     }
 
