@@ -445,6 +445,20 @@ final class FanotifyWatcherTests: XCTestCase {
         XCTAssertNotNil(iDir)
         XCTAssertNotNil(iFile)
         if let iDir, let iFile { XCTAssertLessThan(iDir, iFile) }
+        // New directories are known by the handle in their creation event (kernels from
+        // 5.17 report it): only the root, the first event's directory, is looked up.
+        watcher?.stop()
+        watcher = nil
+        let stats = logs.all.first { $0.contains("handle lookups") } ?? ""
+        if Self.kernelAtLeast(5, 17) { XCTAssertTrue(stats.contains(" 1 handle lookups"), "directories looked up: \(stats)") }
+    }
+
+    static func kernelAtLeast(_ major: Int, _ minor: Int) -> Bool {
+        var u = utsname()
+        uname(&u)
+        let release = withUnsafeBytes(of: u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let parts = release.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
+        return parts.count >= 2 && (parts[0], parts[1]) >= (major, minor)
     }
 
     func testEventsOutsideTheSourceAreNotDelivered() throws {

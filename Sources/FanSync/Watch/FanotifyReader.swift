@@ -682,6 +682,15 @@ final class FanotifyReader {
                 return
             }
         }
+        if isDir && reportsTargetFID && m & FanBits.create != 0 && m & FanBits.gone == 0 && fid.valid && nm.count > 0,
+           let parentRel = dir.rel, let k = key(fid), cache[k] == nil {
+            // A new directory's handle is in its creation event (FAN_REPORT_TARGET_FID): its
+            // path is known without `open_by_handle_at` when its own events come. Kept with
+            // the parent's read buffer: its path is the parent's, whose renames later in that
+            // buffer are undone the same way (`fixups`).
+            let abs = dir.abs == [UInt8(ascii: "/")] ? [UInt8(ascii: "/")] + Array(nm) : join(dir.abs, nm)
+            store(k, DirInfo(abs: abs, rel: join(parentRel, nm), isSourceParent: false, batch: dir.batch))
+        }
         let sp = SyncPath(bytes: path)
         guard filter(sp, isDir) else { return }
         let first = out.count
