@@ -42,6 +42,22 @@ final class IndexStoreTests: XCTestCase {
         }
     }
 
+    /// A look-up inside a directory reads that directory's range of keys, not the rest of
+    /// the table: a burst's new folders are each asked about while the index holds the
+    /// whole tree.
+    func testSubtreeQueriesReadOnlyTheirRange() throws {
+        let index = try Index(file: file)
+        try index.upsert((0..<20_000).map { entry("m/dir \($0 / 100)/f \($0)") })
+        var before = index.statementSteps
+        XCTAssertFalse(try index.hasEntries(inside: SyncPath("c")))
+        XCTAssertTrue(try index.hasEntries(inside: SyncPath("m/dir 7")))
+        XCTAssertLessThan(index.statementSteps - before, 200, "hasEntries read beyond its range")
+        before = index.statementSteps
+        XCTAssertEqual(Array(index.entries(inside: SyncPath("c"))).count, 0)
+        XCTAssertEqual(Array(index.entries(inside: SyncPath("m/dir 7"))).count, 100)
+        XCTAssertLessThan(index.statementSteps - before, 3_000, "a subtree's pages read beyond its range")
+    }
+
     func testFreshIndexHasTheCurrentSchemaAndSettings() throws {
         let index = try Index(file: file)
         XCTAssertNil(index.recovery)

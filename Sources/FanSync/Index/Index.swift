@@ -437,8 +437,15 @@ public final class Index {
 
     /// True when the index holds anything strictly inside `path` (anything at all for the root).
     public func hasEntries(inside path: SyncPath) throws(SQLiteError) -> Bool {
-        let (lower, upper): ([UInt8], [UInt8]?) = path.isRoot ? ([], nil) : IndexKey.descendants(of: path)
-        let stmt = try statement("SELECT 1 FROM entries WHERE path >= ?1 AND (?2 IS NULL OR path < ?2) LIMIT 1")
+        // Two statements, not one with `?2 IS NULL OR path < ?2`: SQLite bounds its search
+        // by `path >= ?1` alone there, and an empty range scanned the rest of the table.
+        if path.isRoot {
+            let stmt = try statement("SELECT 1 FROM entries LIMIT 1")
+            defer { stmt.reset() }
+            return try stmt.step()
+        }
+        let (lower, upper) = IndexKey.descendants(of: path)
+        let stmt = try statement("SELECT 1 FROM entries WHERE path >= ?1 AND path < ?2 LIMIT 1")
         defer { stmt.reset() }
         stmt.bind(1, lower)
         stmt.bind(2, upper)
@@ -509,6 +516,9 @@ public final class Index {
             acked: s.int64(10) != 0)
     }
 
+    /// The steps every prepared statement has run (for tests of how much a query reads).
+    var statementSteps: Int { statements.values.reduce(0) { $0 + $1.steps } }
+
     func statement(_ sql: String) throws(SQLiteError) -> SQLiteStatement {
         if let s = statements[sql] { return s }
         let s = try db.prepare(sql)
@@ -519,11 +529,14 @@ public final class Index {
     func page(after: [UInt8]?, below upper: [UInt8]? = nil, includeChunks: Bool, metadataOnly: Bool = false,
               limit: Int) throws(SQLiteError) -> [IndexEntry] {
         let cols = metadataOnly ? Self.metadataColumns : includeChunks ? Self.columns : Self.columnsWithoutChunks
-        let stmt = try statement("SELECT \(cols) FROM entries WHERE path > ?1 AND (?3 IS NULL OR path < ?3) ORDER BY path LIMIT ?2")
+        // With an upper bound in the search (see `hasEntries`): the last page of a subtree
+        // would otherwise read on to the end of the table.
+        let stmt = try statement(upper == nil ? "SELECT \(cols) FROM entries WHERE path > ?1 ORDER BY path LIMIT ?2"
+                                              : "SELECT \(cols) FROM entries WHERE path > ?1 AND path < ?3 ORDER BY path LIMIT ?2")
         defer { stmt.reset() }
         stmt.bind(1, after ?? [])
         stmt.bind(2, Int64(limit))
-        stmt.bind(3, upper)
+        if let upper { stmt.bind(3, upper) }
         var out: [IndexEntry] = []
         out.reserveCapacity(limit)
         while try stmt.step() { out.append(Self.entry(stmt, includeChunks: includeChunks)) }

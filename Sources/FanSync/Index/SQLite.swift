@@ -89,6 +89,9 @@ final class SQLiteStatement {
 
     deinit { sqlite3_finalize(stmt) }
 
+    /// How many virtual-machine steps the statement has run (rows looked at, roughly).
+    var steps: Int { Int(sqlite3_stmt_status(stmt, SQLITE_STMTSTATUS_VM_STEP, 0)) }
+
     func reset() {
         sqlite3_reset(stmt)
         sqlite3_clear_bindings(stmt)
