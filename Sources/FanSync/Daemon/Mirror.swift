@@ -212,15 +212,27 @@ public final class Mirror: @unchecked Sendable {
         }
     }
 
-    /// Blocks until no change waits or is being sent and the copier's records are written;
-    /// false once stopping. The fill hashes between bursts, never during one: it would take
-    /// CPU from the copies and, using the index, write the copier's waiting records in the
-    /// middle of the burst (after which each new path is looked up in the index).
+    /// Blocks until no change waits or is being sent and none of the copier's records waits
+    /// to be written; false once stopping. The fill hashes between bursts, never during
+    /// one: it would take CPU from the copies and, using the index, write the copier's
+    /// waiting records in the middle of the burst (after which each new path is looked up
+    /// in the index). Those records are written once the queue has stayed idle a moment
+    /// (`workerLoop`); after a full sync, with none waiting, the fill starts at once.
     private func waitForQuietQueue() -> Bool {
-        state.wait { s in
-            if s.stopping { return (false, nil) }
-            if s.queue.isIdle && s.indexWriteDue == nil { return (true, nil) }
-            return (nil, monotonicNow() + Self.indexWritePause)
+        while true {
+            let idle: Bool = state.wait { s in
+                if s.stopping { return (false, nil) }
+                if s.queue.isIdle { return (true, nil) }
+                return (nil, monotonicNow() + Self.indexWritePause)
+            }
+            if !idle { return false }
+            if (index?.copiedWaiting ?? 0) == 0 { return true }
+            let until = monotonicNow() + Self.indexWritePause
+            let stopping: Bool = state.wait { s in
+                if s.stopping { return (true, nil) }
+                return monotonicNow() >= until ? (false, nil) : (nil, until)
+            }
+            if stopping { return false }
         }
     }
 
