@@ -224,7 +224,7 @@ final class LocalCopier: Sendable {
             return
         }
         guard let (temp, _) = createTemporary(for: name, in: dstDir, p, &batch, { mkdirat(dstDir, $0, 0o700) }) else { return }
-        let fd = withCPath(temp) { openat(dstDir, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        let fd = Self.openDirectory(temp, in: dstDir)
         if fd < 0 {
             batch.fail("cannot make", p, errno)
             _ = withCPath(temp) { unlinkat(dstDir, $0, AT_REMOVEDIR) }
@@ -254,7 +254,7 @@ final class LocalCopier: Sendable {
         }
         if e == 0 { return }
         if e == EEXIST || e == EINVAL || e == ENOTEMPTY {
-            let into = withCPath(name) { openat(parent, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            let into = Self.openDirectory(name, in: parent)
             if into < 0 || !Self.moveEntries(from: h.fd, into: into) { batch.raced = true }
             if into >= 0 { Glibc.close(into) }
         } else {
@@ -280,8 +280,8 @@ final class LocalCopier: Sendable {
                   let mine = lstatAt(from, n), (mine.st_mode & S_IFMT) == S_IFDIR,
                   let theirs = lstatAt(into, n), (theirs.st_mode & S_IFMT) == S_IFDIR
             else { complete = false; continue }
-            let a = withCPath(n) { openat(from, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
-            let b = withCPath(n) { openat(into, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            let a = Self.openDirectory(n, in: from)
+            let b = Self.openDirectory(n, in: into)
             if a >= 0 && b >= 0 { complete = moveEntries(from: a, into: b) && complete } else { complete = false }
             if a >= 0 { Glibc.close(a) }
             if b >= 0 { Glibc.close(b) }
@@ -442,7 +442,7 @@ final class LocalCopier: Sendable {
         if withCPath(name, { unlinkat(dir, $0, 0) }) == 0 { return .success(1) }
         if errno == ENOENT { return .success(0) }
         guard errno == EISDIR else { return .failure(Errno(code: errno)) }
-        let fd = withCPath(name) { openat(dir, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        let fd = Self.openDirectory(name, in: dir)
         if fd < 0 { return errno == ENOENT ? .success(0) : .failure(Errno(code: errno)) }
         guard let stream = fdopendir(fd) else {
             let code = errno
@@ -773,6 +773,11 @@ final class LocalCopier: Sendable {
         return withCPath(name, { fstatat(dir, $0, &st, AT_SYMLINK_NOFOLLOW) }) == 0 ? st : nil
     }
 
+    /// The directory `name` in `dir`, opened without following a symlink; -1 with errno.
+    static func openDirectory(_ name: [UInt8], in dir: Int32) -> Int32 {
+        withCPath(name) { openat(dir, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+    }
+
     /// True when the open directory `dir` was deleted.
     static func isDeleted(_ dir: Int32) -> Bool {
         var st = stat()
@@ -954,7 +959,7 @@ private final class DirectoryCache {
         for component in dir.components {
             let name = Array(component)
             path = path.appending(name)
-            var next = withCPath(name) { openat(current, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            var next = LocalCopier.openDirectory(name, in: current)
             if next < 0 && (errno == ENOTDIR || errno == ELOOP) {
                 // A file or a symlink where the source has a directory.
                 if withCPath(name, { unlinkat(current, $0, 0) }) != 0 && errno != ENOENT { return fail(current, base.fd) }
@@ -967,7 +972,7 @@ private final class DirectoryCache {
                 } else if errno != EEXIST {
                     return fail(current, base.fd)
                 }
-                next = withCPath(name) { openat(current, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+                next = LocalCopier.openDirectory(name, in: current)
             }
             if next < 0 { return fail(current, base.fd) }
             if current != base.fd { Glibc.close(current) }
