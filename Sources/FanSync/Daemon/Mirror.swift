@@ -219,20 +219,18 @@ public final class Mirror: @unchecked Sendable {
     /// in the index). Those records are written once the queue has stayed idle a moment
     /// (`workerLoop`); after a full sync, with none waiting, the fill starts at once.
     private func waitForQuietQueue() -> Bool {
+        var notBefore = 0.0
         while true {
             let idle: Bool = state.wait { s in
                 if s.stopping { return (false, nil) }
+                let now = monotonicNow()
+                if now < notBefore { return (nil, notBefore) }
                 if s.queue.isIdle { return (true, nil) }
-                return (nil, monotonicNow() + Self.indexWritePause)
+                return (nil, now + Self.indexWritePause)
             }
             if !idle { return false }
             if (index?.copiedWaiting ?? 0) == 0 { return true }
-            let until = monotonicNow() + Self.indexWritePause
-            let stopping: Bool = state.wait { s in
-                if s.stopping { return (true, nil) }
-                return monotonicNow() >= until ? (false, nil) : (nil, until)
-            }
-            if stopping { return false }
+            notBefore = monotonicNow() + Self.indexWritePause
         }
     }
 
