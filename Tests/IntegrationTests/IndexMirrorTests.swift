@@ -70,10 +70,13 @@ final class IndexMirrorTests: XCTestCase {
         mkdirs(staged, "moved in")
         for i in 0..<40 { writeFile(staged, "moved in/f\(i) 'x'", "file \(i)\n") }
         XCTAssertTrue(writeFile(Array((staged + "/moved in/big").utf8), randomBytes(4 << 20)))
+        // Made before the tree sync starts: generating it (a debug build: ~1 s) once outlasted
+        // the tree sync, and the file was then written after it, the queue idle between.
+        let large = randomBytes(12 << 20)
         XCTAssertEqual(renamePath(Array((staged + "/moved in").utf8), Array((src + "/moved in").utf8)), 0)
         let deadline = Date().addingTimeInterval(10)
         while counter(daemon, "in_flight") < 1 && Date() < deadline { usleep(20_000) }
-        XCTAssertTrue(writeFile(Array((src + "/large.bin").utf8), randomBytes(12 << 20)))
+        XCTAssertTrue(writeFile(Array((src + "/large.bin").utf8), large))
         waitConverged(src, dst, daemon: daemon)
         daemon.waitCaughtUp()
         let log = daemon.log
